@@ -1,0 +1,90 @@
+# syntax=docker/dockerfile:1.7
+#
+# YOLOv5 detector served by KServe (V2 / Open Inference Protocol).
+#
+#   CPU image (default):    docker build -t yolov5-kserve:cpu .
+#   CUDA image:             docker build --build-arg TORCH_VARIANT=cu130 -t yolov5-kserve:cuda .
+#   Air-gapped (baked-in):  docker build --build-arg BAKE_MODEL=true -t yolov5-kserve:bundled .
+#
+# The model is normally NOT in the image: KServe's storage initializer downloads the
+# InferenceService's STORAGE_URI into /mnt/models before the server starts. With
+# BAKE_MODEL=true the contents of model_store/ are copied to /mnt/models instead; deploy
+# such an image without a STORAGE_URI (KServe would mount an empty volume over the path).
+#
+# Every instruction is exercised without a Docker engine by tests/deploy/test_dockerfile.py
+# (hadolint, the build context against .dockerignore, the install step on that context,
+# and the ENTRYPOINT against the predictor's own argument parser).
+
+ARG PYTHON_VERSION=3.11
+
+# ---------------------------------------------------------------------------------------
+# builder: a virtual environment holding the project and its pinned dependencies
+# ---------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim AS builder
+
+# PyTorch wheel variant: "cpu" (small, no CUDA libraries) or a CUDA build such as
+# "cu130", "cu128" or "cu126" (the CUDA runtime ships inside the wheels; the node only
+# needs the NVIDIA driver and device plugin).
+ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY predictor/ predictor/
+
+# The same install CI performs (`pip install .`); torch/torchvision resolve to the
+# TORCH_VARIANT build through the extra index (e.g. 2.14.1+cpu satisfies ==2.14.1).
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" . \
+    && python -m compileall -q /opt/venv/lib
+
+# ---------------------------------------------------------------------------------------
+# runtime: slim, non-root (uid/gid 1000), read-only-root-filesystem friendly
+# ---------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim AS runtime
+
+ARG BAKE_MODEL=false
+ARG TORCH_VARIANT=cpu
+
+LABEL org.opencontainers.image.title="yolov5-kserve" \
+      org.opencontainers.image.description="YOLOv5 object detection served with KServe (V2 inference protocol)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.yolov5-kserve.torch-variant="${TORCH_VARIANT}"
+
+# Everything that writes at run time goes to /tmp (an emptyDir in the chart), so the
+# root filesystem can be mounted read-only.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
+    TORCH_HOME=/tmp/.cache/torch \
+    MPLCONFIGDIR=/tmp/.cache/matplotlib
+
+RUN groupadd --system --gid 1000 app \
+    && useradd --system --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
+       --shell /usr/sbin/nologin app \
+    && mkdir -p /mnt/models \
+    && chown 1000:1000 /mnt/models
+
+COPY --from=builder /opt/venv /opt/venv
+
+# Optional: bake model_store/ into /mnt/models for clusters without object storage access.
+RUN --mount=type=bind,source=model_store,target=/tmp/model_store \
+    if [ "${BAKE_MODEL}" = "true" ]; then \
+        cp -R /tmp/model_store/. /mnt/models/ && chown -R 1000:1000 /mnt/models; \
+    fi
+
+USER 1000:1000
+WORKDIR /tmp
+
+# 8080: HTTP (REST V1/V2, /metrics), 8081: gRPC (V2). KServe defaults.
+EXPOSE 8080 8081
+
+ENTRYPOINT ["python", "-m", "predictor", "--model_dir", "/mnt/models"]

@@ -1,0 +1,181 @@
+"""The detection pipeline: images in, YOLOv5-identical detections out. No server needed.
+
+detector = Detector.load("yolov5s.pt", device="auto", img_size=640)
+[result] = detector.detect([cv2.imread("bus.jpg")], DetectionSettings(conf_threshold=0.4))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import LoadedModel, load_checkpoint
+from .imaging import (
+    Letterbox,
+    LetterboxMode,
+    apply_letterbox,
+    plan_letterbox,
+    round_up_to_stride,
+    scale_boxes_to_image,
+    to_network_layout,
+)
+from .nms import non_max_suppression
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_det: int = 1000
+    classes: tuple[int, ...] | None = None  # keep only these class ids
+    agnostic: bool = False  # one NMS across all classes
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.conf_threshold <= 1.0:
+            raise ValueError(f"conf_threshold must be in [0, 1], got {self.conf_threshold}")
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in [0, 1], got {self.iou_threshold}")
+        if self.max_det < 1:
+            raise ValueError(f"max_det must be at least 1, got {self.max_det}")
+
+
+@dataclass
+class Detections:
+    """One image's detections, best first. Boxes are x1, y1, x2, y2 in original-image pixels."""
+
+    boxes: np.ndarray  # (k, 4) float32
+    scores: np.ndarray  # (k,) float32
+    class_ids: np.ndarray  # (k,) int32
+    labels: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class PreparedImage:
+    """An image letterboxed into network layout, with what is needed to map boxes back."""
+
+    tensor: np.ndarray  # 3 x H x W float32
+    plan: Letterbox
+    image_shape: tuple[int, int]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+class Detector:
+    def __init__(
+        self, model: LoadedModel, img_size: int = 640, letterbox: LetterboxMode = "square"
+    ) -> None:
+        self.model = model
+        self.names = model.names
+        self.stride = model.stride
+        self.letterbox: LetterboxMode = letterbox
+        if model.fixed_input_shape is not None:
+            self.input_shape = model.fixed_input_shape
+            self.letterbox = "square"  # an export's input shape cannot change
+        else:
+            size = round_up_to_stride(img_size, self.stride)
+            self.input_shape = (size, size)
+        self.device = _device_of(model.network)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        img_size: int = 640,
+        letterbox: LetterboxMode = "square",
+    ) -> Detector:
+        return cls(load_checkpoint(path, resolve_device(device)), img_size, letterbox)
+
+    # -- the three stages, usable separately so a server can schedule them ---------------
+
+    def prepare(self, image_bgr: np.ndarray) -> PreparedImage:
+        """Letterbox one HxWx3 BGR uint8 image (CPU only; safe to run in a thread pool)."""
+        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
+            raise ValueError(
+                f"expected an HxWx3 uint8 image, got {image_bgr.dtype} {image_bgr.shape}"
+            )
+        shape = (image_bgr.shape[0], image_bgr.shape[1])
+        plan = plan_letterbox(shape, self.input_shape, self.stride, self.letterbox)
+        return PreparedImage(to_network_layout(apply_letterbox(image_bgr, plan)), plan, shape)
+
+    @torch.inference_mode()
+    def forward(self, batch: np.ndarray) -> torch.Tensor:
+        """N x 3 x H x W float32 -> raw head output (N, anchors, 5 + nc)."""
+        inputs = torch.from_numpy(batch).to(self.device, self.dtype, non_blocking=True)
+        output = self.model.network(inputs)
+        if isinstance(output, list | tuple):  # TorchScript exports return (predictions, ...)
+            output = output[0]
+        return output
+
+    def postprocess(
+        self, raw: torch.Tensor, images: Sequence[PreparedImage], settings: DetectionSettings
+    ) -> list[Detections]:
+        kept = non_max_suppression(
+            raw,
+            settings.conf_threshold,
+            settings.iou_threshold,
+            settings.max_det,
+            settings.classes,
+            settings.agnostic,
+        )
+        results = []
+        for rows, image in zip(kept, images, strict=True):
+            rows = rows.cpu().numpy()
+            class_ids = rows[:, 5].astype(np.int32)
+            results.append(
+                Detections(
+                    boxes=scale_boxes_to_image(rows[:, :4], image.plan.shape, image.image_shape),
+                    scores=rows[:, 4].astype(np.float32),
+                    class_ids=class_ids,
+                    labels=[self.names[i] for i in class_ids],
+                )
+            )
+        return results
+
+    # -- convenience ----------------------------------------------------------------------
+
+    def detect(
+        self, images_bgr: Sequence[np.ndarray], settings: DetectionSettings | None = None
+    ) -> list[Detections]:
+        """Detect objects in BGR images (as `cv2.imread` returns them)."""
+        settings = settings or DetectionSettings()
+        prepared = [self.prepare(image) for image in images_bgr]
+        results: list[Detections | None] = [None] * len(prepared)
+        for indices in _group_by_shape(prepared):
+            group = [prepared[i] for i in indices]
+            raw = self.forward(np.stack([p.tensor for p in group]))
+            for i, result in zip(indices, self.postprocess(raw, group, settings), strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run the network once per batch size so no request pays for lazy initialisation."""
+        for batch_size in batch_sizes:
+            self.forward(np.zeros((batch_size, 3, *self.input_shape), dtype=np.float32))
+
+
+def _group_by_shape(prepared: Sequence[PreparedImage]) -> list[list[int]]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(prepared):
+        groups.setdefault(image.plan.shape, []).append(i)
+    return list(groups.values())
+
+
+def _device_of(network: torch.nn.Module) -> torch.device:
+    parameter = next(network.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
