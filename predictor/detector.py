@@ -153,8 +153,13 @@ class Detector:
         self, images_bgr: Sequence[np.ndarray], settings: DetectionSettings | None = None
     ) -> list[Detections]:
         """Detect objects in BGR images (as `cv2.imread` returns them)."""
-        settings = settings or DetectionSettings()
         prepared = [self.prepare(image) for image in images_bgr]
+        return self.detect_prepared(prepared, settings or DetectionSettings())
+
+    def detect_prepared(
+        self, prepared: Sequence[PreparedImage], settings: DetectionSettings
+    ) -> list[Detections]:
+        """Forward and postprocess prepared images; images of equal input shape share a batch."""
         results: list[Detections | None] = [None] * len(prepared)
         for indices in _group_by_shape(prepared):
             group = [prepared[i] for i in indices]

@@ -1,0 +1,127 @@
+"""`python -m predictor`: serve a YOLOv5 checkpoint with KServe's ModelServer.
+
+Every stock KServe ModelServer flag works (ports, gRPC, logging, ...); the flags below
+configure the detector. Example:
+
+    python -m predictor --model_dir model_store --img_size 320
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
+from ..detector import DetectionSettings
+
+DEFAULT_MODEL_NAME = "yolov5"
+DEFAULT_MODEL_DIR = "/mnt/models"
+
+logger = logging.getLogger("predictor")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kserve import model_server
+
+    parser = argparse.ArgumentParser(
+        prog="python -m predictor",
+        description="Serve a YOLOv5 detector (.pt from train.py, or a .torchscript export) "
+        "over the KServe V1 and V2 (Open Inference Protocol) REST and gRPC APIs.",
+        parents=[model_server.parser],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.set_defaults(model_name=DEFAULT_MODEL_NAME)
+    group = parser.add_argument_group("YOLOv5")
+    group.add_argument(
+        "--model_dir",
+        default=DEFAULT_MODEL_DIR,
+        help="directory holding exactly one .pt/.torchscript checkpoint (KServe's storage "
+        "initializer puts storageUri content in /mnt/models), or the checkpoint file itself",
+    )
+    group.add_argument("--img_size", type=int, default=640, help="network input size in pixels")
+    group.add_argument(
+        "--letterbox",
+        choices=("square", "rect"),
+        default="square",
+        help="square: pad to img_size x img_size (batchable); rect: pad only to a multiple "
+        "of the stride, like YOLOv5's detect.py",
+    )
+    defaults = DetectionSettings()
+    group.add_argument("--conf_threshold", type=float, default=defaults.conf_threshold)
+    group.add_argument("--iou_threshold", type=float, default=defaults.iou_threshold)
+    group.add_argument("--max_det", type=int, default=defaults.max_det)
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available), cpu, cuda or cuda:N",
+    )
+    return parser
+
+
+def find_checkpoint(model_dir: str | Path) -> Path:
+    """The single checkpoint in `model_dir` (or `model_dir` itself when it is a file)."""
+    path = Path(model_dir)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"--model_dir {path}: no such directory")
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        listing = f" ({', '.join(p.name for p in found)})" if found else ""
+        raise CheckpointError(
+            f"--model_dir {path}: found {what} checkpoint files{listing}; "
+            f"put exactly one {'/'.join(CHECKPOINT_SUFFIXES)} file there or pass its path"
+        )
+    return found[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers > 1:
+        parser.error(
+            "--workers > 1 is not supported: KServe pickles the model into spawned processes "
+            "(breaking CUDA and multiplying memory). Scale with replicas instead."
+        )
+    try:
+        defaults = DetectionSettings(args.conf_threshold, args.iou_threshold, args.max_det)
+    except ValueError as error:
+        parser.error(str(error))
+
+    from kserve import ModelServer
+
+    from . import kserve_fixes, routes
+    from .model import ServingOptions, YoloV5Model
+
+    try:
+        checkpoint = find_checkpoint(args.model_dir)
+        model = YoloV5Model(
+            args.model_name,
+            checkpoint,
+            ServingOptions(args.img_size, args.letterbox, args.device, defaults),
+        )
+        model.load()
+    except (CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    kserve_fixes.apply()
+    routes.register(model)
+    ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+    ).start([model])
+    return 0

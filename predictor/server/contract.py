@@ -1,0 +1,268 @@
+"""The V2 (Open Inference Protocol) and V1 contract of the YOLOv5 service.
+
+Input `image`: BYTES [N] of encoded images (raw bytes over gRPC and the REST binary
+extension, base64 text in REST JSON), or UINT8 [N,H,W,3] / [H,W,3] RGB pixels.
+Outputs: num_detections INT32 [N], boxes FP32 [N,K,4] (x1,y1,x2,y2 in image pixels),
+scores FP32 [N,K], classes INT32 [N,K], labels BYTES [N,K]; K is the largest count in the
+batch and padding is score 0, class -1, label "".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
+
+from ..detector import Detections, DetectionSettings
+
+INPUT_NAME = "image"
+OUTPUTS: dict[str, tuple[str, list[int]]] = {
+    "num_detections": ("INT32", [-1]),
+    "boxes": ("FP32", [-1, -1, 4]),
+    "scores": ("FP32", [-1, -1]),
+    "classes": ("INT32", [-1, -1]),
+    "labels": ("BYTES", [-1, -1]),
+}
+PARAMETERS = ("conf_threshold", "iou_threshold", "max_det", "classes", "agnostic_nms")
+
+# An image as it arrives: encoded bytes, or an HxWx3 RGB uint8 array.
+ImageInput = bytes | np.ndarray
+
+
+def input_metadata() -> list[dict[str, Any]]:
+    return [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
+
+
+def output_metadata() -> list[dict[str, Any]]:
+    return [{"name": n, "datatype": t, "shape": s} for n, (t, s) in OUTPUTS.items()]
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+def images_from_v2(request: InferRequest) -> list[ImageInput]:
+    tensor = next((i for i in request.inputs if i.name == INPUT_NAME), None)
+    if tensor is None:
+        names = [i.name for i in request.inputs]
+        raise InvalidInput(f"input '{INPUT_NAME}' is required (got {names})")
+    try:
+        array = tensor.as_numpy()
+    except (ValueError, TypeError, OverflowError) as error:
+        raise InvalidInput(
+            f"input '{INPUT_NAME}': data does not match datatype {tensor.datatype} "
+            f"and shape {tensor.shape} ({error})"
+        ) from None
+    except Exception as error:  # kserve raises struct.error & co. on malformed BYTES
+        raise InvalidInput(f"input '{INPUT_NAME}': malformed tensor data ({error})") from None
+    if tensor.datatype == "BYTES":
+        if array.ndim != 1:
+            raise InvalidInput(
+                f"input '{INPUT_NAME}': BYTES must have shape [N], got {tensor.shape}"
+            )
+        return [_encoded_image(item, index) for index, item in enumerate(array)]
+    if tensor.datatype == "UINT8":
+        if array.ndim == 3:
+            array = array[None]
+        if array.ndim != 4 or array.shape[-1] != 3:
+            raise InvalidInput(
+                f"input '{INPUT_NAME}': UINT8 pixels must have shape [N,H,W,3] or [H,W,3], "
+                f"got {tensor.shape}"
+            )
+        return list(array)
+    raise InvalidInput(
+        f"input '{INPUT_NAME}': datatype must be BYTES (encoded images) or UINT8 (RGB pixels), "
+        f"got {tensor.datatype}"
+    )
+
+
+def _encoded_image(item: Any, index: int) -> bytes:
+    if isinstance(item, bytes):  # raw bytes: gRPC and the REST binary extension
+        return item
+    if isinstance(item, str):  # REST JSON carries base64 text
+        try:
+            return base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"input '{INPUT_NAME}'[{index}]: not valid base64") from None
+    raise InvalidInput(f"input '{INPUT_NAME}'[{index}]: expected bytes or base64 text")
+
+
+def images_from_v1(body: Mapping[str, Any]) -> list[bytes]:
+    instances = body.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput('V1 body must be {"instances": [{"image": {"b64": "..."}}, ...]}')
+    images = []
+    for index, instance in enumerate(instances):
+        value = instance.get("image", instance) if isinstance(instance, dict) else instance
+        if isinstance(value, dict):
+            value = value.get("b64")
+        if not isinstance(value, str):
+            raise InvalidInput(f'instances[{index}]: expected {{"image": {{"b64": "..."}}}}')
+        images.append(_encoded_image(value, index))
+    return images
+
+
+def detection_settings(
+    parameters: Mapping[str, Any] | None, defaults: DetectionSettings, names: Sequence[str]
+) -> DetectionSettings:
+    """Request parameters (numbers, numeric strings or gRPC InferParameters) over defaults."""
+    params = {k: _plain(v) for k, v in (parameters or {}).items()}
+    changes: dict[str, Any] = {}
+    for key in ("conf_threshold", "iou_threshold"):
+        if key in params:
+            changes[key] = _number(key, params[key], float)
+    if "max_det" in params:
+        changes["max_det"] = _number("max_det", params["max_det"], int)
+    if "agnostic_nms" in params:
+        changes["agnostic"] = _boolean("agnostic_nms", params["agnostic_nms"])
+    if params.get("classes") not in (None, ""):
+        changes["classes"] = _class_ids(params["classes"], names)
+    try:
+        return dataclasses.replace(defaults, **changes)
+    except ValueError as error:
+        raise InvalidInput(f"parameter {error}") from None
+
+
+def _plain(value: Any) -> Any:
+    """A gRPC InferParameter's value; other values unchanged."""
+    if hasattr(value, "WhichOneof"):
+        field = value.WhichOneof("parameter_choice")
+        return getattr(value, field) if field else None
+    return value
+
+
+def _number(key: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise InvalidInput(f"parameter {key} must be a number, got {value!r}")
+    try:
+        number = kind(float(value)) if kind is int and isinstance(value, str) else kind(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"parameter {key} must be a number, got {value!r}") from None
+    if kind is int and float(value) != number:
+        raise InvalidInput(f"parameter {key} must be an integer, got {value!r}")
+    if isinstance(number, float) and number != number:  # NaN
+        raise InvalidInput(f"parameter {key} must be a number, got {value!r}")
+    return number
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise InvalidInput(f"parameter {key} must be true or false, got {value!r}")
+
+
+def _class_ids(value: Any, names: Sequence[str]) -> tuple[int, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        items = [items]
+    ids = []
+    for item in items:
+        token = str(item).strip()
+        if token.lstrip("-").isdigit():
+            class_id = int(token)
+            if not 0 <= class_id < len(names):
+                raise InvalidInput(
+                    f"parameter classes: id {class_id} is not in 0..{len(names) - 1}"
+                )
+        elif token in names:
+            class_id = names.index(token)
+        else:
+            raise InvalidInput(
+                f"parameter classes: unknown class {token!r}; classes are {list(names)}"
+            )
+        ids.append(class_id)
+    return tuple(ids)
+
+
+# -- responses ----------------------------------------------------------------------------
+
+
+def output_arrays(results: Sequence[Detections]) -> dict[str, np.ndarray]:
+    n = len(results)
+    k = max((len(r) for r in results), default=0)
+    arrays = {
+        "num_detections": np.array([len(r) for r in results], dtype=np.int32),
+        "boxes": np.zeros((n, k, 4), dtype=np.float32),
+        "scores": np.zeros((n, k), dtype=np.float32),
+        "classes": np.full((n, k), -1, dtype=np.int32),
+        "labels": np.full((n, k), b"", dtype=object),
+    }
+    for i, result in enumerate(results):
+        count = len(result)
+        arrays["boxes"][i, :count] = result.boxes
+        arrays["scores"][i, :count] = result.scores
+        arrays["classes"][i, :count] = result.class_ids
+        arrays["labels"][i, :count] = [label.encode() for label in result.labels]
+    return arrays
+
+
+def v2_response(
+    request: InferRequest, results: Sequence[Detections], model_name: str
+) -> InferResponse:
+    arrays = output_arrays(results)
+    wanted = _requested_outputs(request)
+    outputs = []
+    for name, _ in wanted:
+        datatype = OUTPUTS[name][0]
+        output = InferOutput(name=name, shape=list(arrays[name].shape), datatype=datatype)
+        if request.from_grpc:  # tritonclient reads gRPC outputs from raw contents only
+            output.set_data_from_numpy(arrays[name], binary_data=True)
+        else:
+            output.data = arrays[name]
+        outputs.append(output)
+    return InferResponse(
+        response_id=request.id or str(uuid.uuid4()),
+        model_name=model_name,
+        infer_outputs=outputs,
+        use_binary_outputs=request.from_grpc,
+        requested_outputs=None
+        if request.from_grpc
+        else [RequestedOutput(name=n, parameters={"binary_data": b}) for n, b in wanted],
+    )
+
+
+def _requested_outputs(request: InferRequest) -> list[tuple[str, bool]]:
+    """(name, binary) for each output to return; binary applies to REST only."""
+    params = {k: _plain(v) for k, v in (request.parameters or {}).items()}
+    default_binary = bool(params.get("binary_data_output", False))
+    if not request.request_outputs:
+        return [(name, default_binary) for name in OUTPUTS]
+    wanted = []
+    for requested in request.request_outputs:
+        if requested.name not in OUTPUTS:
+            raise InvalidInput(f"unknown output {requested.name!r}; outputs are {list(OUTPUTS)}")
+        binary = requested.binary_data
+        wanted.append((requested.name, default_binary if binary is None else bool(_plain(binary))))
+    return wanted
+
+
+def v1_response(results: Sequence[Detections]) -> dict[str, Any]:
+    return {
+        "predictions": [
+            {
+                "detections": [
+                    {
+                        "box": [float(v) for v in box],
+                        "score": float(score),
+                        "class_id": int(class_id),
+                        "label": label,
+                    }
+                    for box, score, class_id, label in zip(
+                        r.boxes, r.scores, r.class_ids, r.labels, strict=True
+                    )
+                ]
+            }
+            for r in results
+        ]
+    }

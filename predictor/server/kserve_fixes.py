@@ -1,0 +1,95 @@
+"""Fixes for gaps in kserve 0.21's V2 REST decoding, applied once at server start.
+
+Each fix is small and self-contained so it can be proposed upstream:
+
+1. A V2 body without the `Inference-Header-Content-Length` header is all JSON (that is
+   what the binary-data extension specifies). kserve 0.21 rejects such a body with 400
+   whenever its Content-Type is not `application/json`: tritonclient's JSON requests and
+   `curl -d` (form Content-Type) both hit this.
+2. BYTES inputs sent with the binary-data extension are opaque bytes. kserve 0.21 decodes
+   them as UTF-8 text, so any JPEG or PNG fails with a 500.
+3. A malformed binary-extension request is the client's error (400), not the server's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from kserve.errors import InvalidInput
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+
+INFERENCE_HEADER = "inference-header-content-length"
+
+
+def decode_inference_request(
+    self: DataPlane, body: Any, headers: dict[str, str], model_name: str
+) -> InferRequest:
+    if not isinstance(body, bytes):
+        return InferRequest.from_inference_request(body, model_name)
+    json_length = headers.get(INFERENCE_HEADER)
+    if json_length is None:
+        return infer_request_from_bytes(body, len(body), model_name)
+    try:
+        length = int(json_length)
+    except ValueError:
+        raise InvalidInput(f"{INFERENCE_HEADER} must be an integer, got {json_length!r}") from None
+    if not 0 <= length <= len(body):
+        raise InvalidInput(f"{INFERENCE_HEADER}={length} but the body has {len(body)} bytes")
+    return infer_request_from_bytes(body, length, model_name)
+
+
+def infer_request_from_bytes(body: bytes, json_length: int, model_name: str) -> InferRequest:
+    """A V2 REST request: a JSON header, optionally followed by binary tensor data."""
+    try:
+        header = orjson.loads(body[:json_length])
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"request body is not valid JSON: {error}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput("request must be a JSON object with an 'inputs' list")
+    offset = json_length
+    inputs = []
+    for spec in header["inputs"]:
+        try:
+            infer_input = InferInput(
+                name=spec["name"],
+                shape=spec["shape"],
+                datatype=spec["datatype"],
+                parameters=spec.get("parameters"),
+            )
+        except (KeyError, TypeError):
+            raise InvalidInput("each input needs 'name', 'shape' and 'datatype'") from None
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        if spec.get("data") is not None:
+            infer_input.data = spec["data"]
+        elif isinstance(size, int) and size >= 0 and offset + size <= len(body):
+            infer_input._raw_data = body[offset : offset + size]
+            offset += size
+        elif size is not None:
+            raise InvalidInput(
+                f"input '{infer_input.name}': binary_data_size={size} overruns the body"
+            )
+        else:
+            raise InvalidInput(f"input '{infer_input.name}' has neither 'data' nor binary data")
+        inputs.append(infer_input)
+    outputs = header.get("outputs")
+    requested = None
+    if isinstance(outputs, list):
+        requested = [
+            RequestedOutput(name=o.get("name"), parameters=o.get("parameters"))
+            for o in outputs
+            if isinstance(o, dict)
+        ]
+    return InferRequest(
+        model_name=model_name,
+        request_id=header.get("id"),
+        parameters=header.get("parameters"),
+        infer_inputs=inputs,
+        request_outputs=requested,
+    )
+
+
+def apply() -> None:
+    """Install the fixes (idempotent)."""
+    DataPlane.decode_inference_request = decode_inference_request  # type: ignore[method-assign]
