@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from predictor import DetectionSettings, Detector
+from predictor import Detections, DetectionSettings, Detector
 from predictor.imaging import decode_image
 from tests.serving import Server, running_server
 from tests.support import save_detecting_checkpoint
@@ -59,12 +59,26 @@ def images() -> list[bytes]:
 @pytest.fixture(scope="module")
 def expected(checkpoint: Path, images: list[bytes]) -> list[dict[str, np.ndarray]]:
     detector = Detector.load(checkpoint, device="cpu", img_size=IMG_SIZE)
+    # Requests below send both images together, as one batch: expect exactly that batch.
     results = detector.detect([decode_image(b) for b in images], DetectionSettings())
     assert all(len(r) > 0 for r in results), "the test model must detect something"
-    return [
-        {"boxes": r.boxes, "scores": r.scores, "classes": r.class_ids, "labels": r.labels}
-        for r in results
-    ]
+    return [as_dict(r) for r in results]
+
+
+@pytest.fixture(scope="module")
+def expected_alone(checkpoint: Path, images: list[bytes]) -> list[dict[str, np.ndarray]]:
+    """The first image's detections when it is sent on its own."""
+    detector = Detector.load(checkpoint, device="cpu", img_size=IMG_SIZE)
+    return [as_dict(detector.detect([decode_image(images[0])])[0])]
+
+
+def as_dict(result: Detections) -> dict[str, np.ndarray]:
+    return {
+        "boxes": result.boxes,
+        "scores": result.scores,
+        "classes": result.class_ids,
+        "labels": result.labels,
+    }
 
 
 def assert_matches(outputs: dict[str, np.ndarray], expected: list[dict[str, np.ndarray]]) -> None:
@@ -151,12 +165,12 @@ def test_tritonclient_grpc_bytes(server: Server, images, expected) -> None:
     assert_matches({n: result.as_numpy(n) for n in OUTPUT_NAMES}, expected)
 
 
-def test_raw_uint8_rgb_pixels(server: Server, images, expected) -> None:
+def test_raw_uint8_rgb_pixels(server: Server, images, expected_alone) -> None:
     rgb = decode_image(images[0])[..., ::-1]
     client = httpclient.InferenceServerClient(server.http_host)
     tensor = httpclient.InferInput("image", [1, *rgb.shape], "UINT8")
     tensor.set_data_from_numpy(np.ascontiguousarray(rgb[None]), binary_data=True)
-    assert_matches(http_outputs(client.infer("yolov5", [tensor])), expected[:1])
+    assert_matches(http_outputs(client.infer("yolov5", [tensor])), expected_alone)
 
 
 @pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
@@ -205,7 +219,7 @@ def test_v1_predict(server: Server, images, expected) -> None:
 # -- requested outputs and parameters ----------------------------------------------------
 
 
-def test_requested_output_subset_http_and_grpc(server: Server, images, expected) -> None:
+def test_requested_output_subset_http_and_grpc(server: Server, images, expected_alone) -> None:
     http = httpclient.InferenceServerClient(server.http_host)
     tensor = httpclient.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(np.array(images[:1], dtype=object))
@@ -220,14 +234,14 @@ def test_requested_output_subset_http_and_grpc(server: Server, images, expected)
     names = [o["name"] for o in result.get_response()["outputs"]]
     assert names == ["scores", "labels"]
     assert result.as_numpy("boxes") is None
-    np.testing.assert_allclose(result.as_numpy("scores")[0], expected[0]["scores"], atol=1e-5)
+    np.testing.assert_allclose(result.as_numpy("scores")[0], expected_alone[0]["scores"], atol=1e-5)
 
     grpc = grpcclient.InferenceServerClient(server.grpc_target)
     gtensor = grpcclient.InferInput("image", [1], "BYTES")
     gtensor.set_data_from_numpy(np.array(images[:1], dtype=object))
     gresult = grpc.infer("yolov5", [gtensor], outputs=[grpcclient.InferRequestedOutput("classes")])
     assert [o.name for o in gresult.get_response().outputs] == ["classes"]
-    assert gresult.as_numpy("classes")[0].tolist() == expected[0]["classes"].tolist()
+    assert gresult.as_numpy("classes")[0].tolist() == expected_alone[0]["classes"].tolist()
 
 
 def _infer_http(server: Server, image: bytes, **parameters) -> dict[str, np.ndarray]:
@@ -237,8 +251,8 @@ def _infer_http(server: Server, image: bytes, **parameters) -> dict[str, np.ndar
     return http_outputs(client.infer("yolov5", [tensor], parameters=parameters))
 
 
-def test_parameters_change_detections(server: Server, images, expected) -> None:
-    everything = len(expected[0]["scores"])
+def test_parameters_change_detections(server: Server, images, expected_alone) -> None:
+    everything = len(expected_alone[0]["scores"])
     strict = _infer_http(server, images[0], conf_threshold=0.9)
     assert strict["num_detections"][0] < everything
     assert (strict["scores"][0][: strict["num_detections"][0]] > 0.9).all()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
 from ..detector import DetectionSettings
+from .limits import Limits
+from .observability import configure_json_logging
 
 DEFAULT_MODEL_NAME = "yolov5"
 DEFAULT_MODEL_DIR = "/mnt/models"
@@ -57,6 +59,37 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (CUDA when available), cpu, cuda or cuda:N",
     )
+    limits = parser.add_argument_group(
+        "request limits (over a limit: HTTP 413 / gRPC INVALID_ARGUMENT)"
+    )
+    default_limits = Limits()
+    limits.add_argument(
+        "--max_request_bytes",
+        type=int,
+        default=default_limits.max_request_bytes,
+        help="largest HTTP request body",
+    )
+    limits.add_argument(
+        "--max_images", type=int, default=default_limits.max_images, help="images per request"
+    )
+    limits.add_argument(
+        "--max_image_pixels",
+        type=int,
+        default=default_limits.max_image_pixels,
+        help="width x height of one image, checked from its header before decoding",
+    )
+    limits.add_argument(
+        "--max_batch_decoded_bytes",
+        type=int,
+        default=default_limits.max_batch_decoded_bytes,
+        help="decoded size of all images in one request",
+    )
+    parser.add_argument(
+        "--log_format",
+        choices=("json", "text"),
+        default="json",
+        help="json: one JSON object per line with the request id; text: KServe's format",
+    )
     return parser
 
 
@@ -90,26 +123,31 @@ def main(argv: list[str] | None = None) -> int:
         defaults = DetectionSettings(args.conf_threshold, args.iou_threshold, args.max_det)
     except ValueError as error:
         parser.error(str(error))
+    limits = Limits(
+        args.max_request_bytes, args.max_images, args.max_image_pixels, args.max_batch_decoded_bytes
+    )
+    json_logs = args.log_format == "json" and args.configure_logging and not args.log_config_file
+    if json_logs:
+        configure_json_logging()
 
-    from kserve import ModelServer
-
-    from . import kserve_fixes, routes
+    from . import app, kserve_fixes
     from .model import ServingOptions, YoloV5Model
+    from .shutdown import GracefulModelServer
 
     try:
         checkpoint = find_checkpoint(args.model_dir)
         model = YoloV5Model(
             args.model_name,
             checkpoint,
-            ServingOptions(args.img_size, args.letterbox, args.device, defaults),
+            ServingOptions(args.img_size, args.letterbox, args.device, defaults, limits),
         )
         model.load()
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     kserve_fixes.apply()
-    routes.register(model)
-    ModelServer(
+    app.extend(model, limits)
+    server = GracefulModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=1,
@@ -123,5 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         timeout_keep_alive=args.timeout_keep_alive,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
-    ).start([model])
+    )
+    if json_logs:
+        configure_json_logging()  # ModelServer() re-applied KServe's text format
+    server.start([model])
     return 0

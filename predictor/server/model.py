@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
@@ -18,6 +18,8 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from ..detector import Detections, DetectionSettings, Detector, PreparedImage
 from ..imaging import ImageDecodeError, LetterboxMode, decode_image
 from . import contract
+from .limits import Limits, encoded_image_size
+from .observability import BATCH_SIZE, IMAGES, INFERENCES, MODEL_INFO, QUEUE_DEPTH, STAGE_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class ServingOptions:
     letterbox: LetterboxMode = "square"
     device: str = "auto"
     defaults: DetectionSettings = field(default_factory=DetectionSettings)
+    limits: Limits = field(default_factory=Limits)
     decode_threads: int = 2
 
 
@@ -64,8 +67,28 @@ class YoloV5Model(Model):
             self.detector.letterbox,
             self.detector.device,
         )
+        MODEL_INFO.labels(
+            self.name,
+            ",".join(self.detector.names),
+            str(self.detector.device),
+            str(self.detector.dtype).removeprefix("torch."),
+            "x".join(map(str, self.detector.input_shape)),
+            self.detector.letterbox,
+        ).set(1)
         self.ready = True
         return self.ready
+
+    async def __call__(self, body: Any, headers: dict[str, str] | None = None, **kwargs: Any):
+        outcome = "error"
+        try:
+            response = await super().__call__(body, headers=headers, **kwargs)
+            outcome = "ok"
+            return response
+        except InvalidInput:
+            outcome = "invalid"
+            raise
+        finally:
+            INFERENCES.labels(self.name, outcome).inc()
 
     @property
     def names(self) -> list[str]:
@@ -94,6 +117,7 @@ class YoloV5Model(Model):
             raise InvalidInput("expected a V2 inference request or a V1 {'instances': [...]} body")
         if not images:
             raise InvalidInput(f"input '{contract.INPUT_NAME}' holds no images")
+        self._check_limits(images)
         settings = contract.detection_settings(params, self.options.defaults, self.names)
         loop = asyncio.get_running_loop()
         prepared = await asyncio.gather(
@@ -104,7 +128,22 @@ class YoloV5Model(Model):
         )
         return Job(request, list(prepared), settings)
 
+    def _check_limits(self, images: list[contract.ImageInput]) -> None:
+        """Reject oversized requests from image headers alone, before decoding anything."""
+        limits = self.options.limits
+        limits.check_image_count(len(images))
+        sizes = []
+        for index, image in enumerate(images):
+            if isinstance(image, bytes):
+                width, height = encoded_image_size(index, image)
+            else:
+                height, width = image.shape[:2]
+            limits.check_pixels(index, width, height)
+            sizes.append((width, height))
+        limits.check_batch_bytes(sizes)
+
     def _prepare(self, index: int, image: contract.ImageInput) -> PreparedImage:
+        started = time.perf_counter()
         if isinstance(image, bytes):
             try:
                 bgr = decode_image(image)
@@ -114,20 +153,31 @@ class YoloV5Model(Model):
             if min(image.shape[:2]) < 1:
                 raise InvalidInput(f"input '{contract.INPUT_NAME}'[{index}]: empty image")
             bgr = np.ascontiguousarray(image[..., ::-1])
-        if bgr.shape[2] != 3:
-            bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-        return self._detector.prepare(bgr)
+        decoded = time.perf_counter()
+        prepared = self._detector.prepare(bgr)
+        STAGE_SECONDS.labels(self.name, "decode").observe(decoded - started)
+        STAGE_SECONDS.labels(self.name, "preprocess").observe(time.perf_counter() - decoded)
+        return prepared
 
     async def predict(self, job: Job, headers: dict[str, str] | None = None) -> Job:
         loop = asyncio.get_running_loop()
-        job.results = await loop.run_in_executor(
-            self._inference_pool, self._detector.detect_prepared, job.images, job.settings
-        )
+        QUEUE_DEPTH.labels(self.name).inc()
+        started = time.perf_counter()
+        try:
+            job.results = await loop.run_in_executor(
+                self._inference_pool, self._detector.detect_prepared, job.images, job.settings
+            )
+        finally:
+            QUEUE_DEPTH.labels(self.name).dec()
+        STAGE_SECONDS.labels(self.name, "inference").observe(time.perf_counter() - started)
+        IMAGES.labels(self.name).inc(len(job.images))
+        BATCH_SIZE.labels(self.name).observe(len(job.images))
         return job
 
     async def postprocess(
         self, job: Job, headers: dict[str, str] | None = None
     ) -> InferResponse | dict[str, Any]:
-        if job.request is None:
-            return contract.v1_response(job.results)
-        return contract.v2_response(job.request, job.results, self.name)
+        with STAGE_SECONDS.labels(self.name, "postprocess").time():
+            if job.request is None:
+                return contract.v1_response(job.results)
+            return contract.v2_response(job.request, job.results, self.name)

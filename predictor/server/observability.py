@@ -1,0 +1,191 @@
+"""Prometheus metrics, JSON logs, and the HTTP middleware that ties a request id to both."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import logging.config
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUEST_ID_HEADER = "x-request-id"
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+access_log = logging.getLogger("predictor.access")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+HTTP_REQUESTS = Counter(
+    "yolov5_http_requests", "HTTP requests by route group and status code", ["path", "status"]
+)
+INFERENCES = Counter(
+    "yolov5_inference_requests", "Inference requests by model and outcome", ["model", "outcome"]
+)
+STAGE_SECONDS = Histogram(
+    "yolov5_stage_seconds",
+    "Time spent per pipeline stage (decode, preprocess, inference, postprocess)",
+    ["model", "stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "yolov5_batch_size",
+    "Images per network forward",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+QUEUE_DEPTH = Gauge("yolov5_queue_depth", "Requests waiting for or in inference", ["model"])
+IMAGES = Counter("yolov5_images", "Images processed", ["model"])
+MODEL_INFO = Gauge(
+    "yolov5_model_info",
+    "Loaded model (value 1) with its properties as labels",
+    ["model", "classes", "device", "precision", "input_shape", "letterbox"],
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the current request id."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": request_id.get(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_json_logging(level: str = "INFO") -> None:
+    logging.Formatter.converter = time.gmtime
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"json": {"()": JsonFormatter}},
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "json",
+                    "stream": "ext://sys.stderr",
+                }
+            },
+            "root": {"handlers": ["stderr"], "level": level},
+            "loggers": {
+                # replaced by our access log, which carries the request id
+                "uvicorn.access": {"handlers": [], "propagate": False},
+                "kserve.trace": {"handlers": [], "propagate": False},
+                "kserve": {"handlers": [], "propagate": True},
+                "uvicorn": {"handlers": [], "propagate": True},
+            },
+        }
+    )
+
+
+def _route_group(path: str) -> str:
+    """A low-cardinality label for a request path."""
+    parts = path.strip("/").split("/")
+    if path.startswith("/v2/models/") and len(parts) >= 4:
+        return "/v2/models/{name}/" + parts[-1]
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{name}" + (":" + path.rsplit(":", 1)[-1] if ":" in path else "")
+    if path.startswith("/v2/models/"):
+        return "/v2/models/{name}"
+    return path if len(path) < 40 else "other"
+
+
+class RequestMiddleware:
+    """Pure ASGI: request id in and out, body size limit, JSON access log, status metrics."""
+
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = (
+            headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        )
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (REQUEST_ID_HEADER.encode(), rid.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                await self._reject(send_with_id, int(declared))
+                return
+            await self.app(scope, self._limited(receive), send_with_id)
+        except _BodyTooLarge as error:
+            await self._reject(send_with_id, error.size)
+        finally:
+            elapsed = time.perf_counter() - started
+            path = scope.get("path", "")
+            HTTP_REQUESTS.labels(_route_group(path), str(status["code"])).inc()
+            if path not in ("/metrics", "/v2/health/live") and not path.endswith("/ready"):
+                access_log.info(
+                    "%s %s %s",
+                    scope.get("method"),
+                    path,
+                    status["code"],
+                    extra={
+                        "fields": {
+                            "method": scope.get("method"),
+                            "path": path,
+                            "status": status["code"],
+                            "duration_ms": round(elapsed * 1000, 2),
+                        }
+                    },
+                )
+            request_id.reset(token)
+
+    def _limited(self, receive: Any) -> Any:
+        received = 0
+
+        async def wrapped() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge(received)
+            return message
+
+        return wrapped
+
+    async def _reject(self, send: Any, size: int) -> None:
+        limit = self.max_body_bytes
+        message = f"request body of {size} bytes exceeds --max_request_bytes={limit}"
+        body = json.dumps({"error": message}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
