@@ -41,8 +41,9 @@ COPY predictor/ predictor/
 
 # The same install CI performs (`pip install .`); torch/torchvision resolve to the
 # TORCH_VARIANT build through the extra index (e.g. 2.14.1+cpu satisfies ==2.14.1).
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" . \
-    && python -m compileall -q /opt/venv/lib
+# pip also byte-compiles what it installs, so the read-only root filesystem costs no
+# start-up time.
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" .
 
 # ---------------------------------------------------------------------------------------
 # runtime: slim, non-root (uid/gid 1000), read-only-root-filesystem friendly
@@ -67,8 +68,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     TORCH_HOME=/tmp/.cache/torch \
     MPLCONFIGDIR=/tmp/.cache/matplotlib
 
-RUN groupadd --system --gid 1000 app \
-    && useradd --system --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
+RUN groupadd --gid 1000 app \
+    && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
        --shell /usr/sbin/nologin app \
     && mkdir -p /mnt/models \
     && chown 1000:1000 /mnt/models
