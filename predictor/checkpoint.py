@@ -58,6 +58,7 @@ _TORCH_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU6,
     nn.Sigmoid,
 )
+_ACTIVATIONS = (nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6)
 _NUMPY_CORE = ("numpy.core", "numpy._core")  # numpy 1.x and 2.x pickle paths
 
 
@@ -139,8 +140,8 @@ def _load_pickled(path: Path, device: torch.device) -> LoadedModel:
     head = network.model[-1] if len(network.model) else None
     if not isinstance(head, Detect) or "m" not in head._modules:
         raise CheckpointError(
-            f"{path}: the model does not end in a YOLOv5 v1.1+ Detect head; "
-            "supported: YOLOv5 v1.1-v7.0 detection checkpoints"
+            f"{path}: the model does not end in a YOLOv5 Detect head; "
+            "supported: YOLOv5 v3.0-v7.0 detection checkpoints"
         )
     _upgrade_legacy_modules(network)
     network = fuse_batchnorm(network.float()).eval().requires_grad_(False)
@@ -174,12 +175,23 @@ _KNOWN_FOREIGN = {
 
 def _explain_refusal(path: Path, message: str) -> str:
     match = re.search(r"GLOBAL (\S+)", message) or re.search(r"function (\S+)", message)
-    offender = match.group(1) if match else _first_line(message)
+    if match is None:
+        if "persistent_load" in message:
+            return (
+                f"{path}: written in torch's legacy (pre-1.6) format, as YOLOv5 v1.x-v2.0 did; "
+                "supported: YOLOv5 v3.0-v7.0 checkpoints (re-save it with a current torch "
+                "in a trusted environment)"
+            )
+        return (
+            f"{path}: not a readable PyTorch checkpoint; expected a YOLOv5 .pt from "
+            "train.py or a .torchscript export"
+        )
+    offender = match.group(1)
     for marker, kind in _KNOWN_FOREIGN.items():
         if marker in offender.split(".")[-1] or offender.startswith(marker):
             return (
                 f"{path}: this is {kind} ({offender}); only YOLOv5 detection checkpoints "
-                "(v1.1-v7.0 .pt, or .torchscript exports) are supported"
+                "(v3.0-v7.0 .pt, or .torchscript exports) are supported"
             )
     return (
         f"{path}: refused to load: it references {offender}, which is not part of a YOLOv5 "
@@ -197,6 +209,8 @@ def _upgrade_legacy_modules(network: nn.Module) -> None:
     for module in network.modules():
         if isinstance(module, nn.Upsample) and not hasattr(module, "recompute_scale_factor"):
             module.recompute_scale_factor = None
+        if isinstance(module, _ACTIVATIONS) and not hasattr(module, "inplace"):
+            module.inplace = False  # torch 1.6 pickled Hardswish without it
 
 
 def _class_names(raw: Any, nc: int, path: Path) -> list[str]:
