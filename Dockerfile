@@ -46,7 +46,7 @@ COPY predictor/ predictor/
 RUN pip install --extra-index-url "${TORCH_INDEX_URL}" .
 
 # ---------------------------------------------------------------------------------------
-# runtime: slim, non-root (uid/gid 1000), read-only-root-filesystem friendly
+# runtime: slim, non-root (uid/gid 10001), read-only-root-filesystem friendly
 # ---------------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime
 
@@ -68,24 +68,31 @@ ENV PATH=/opt/venv/bin:$PATH \
     TORCH_HOME=/tmp/.cache/torch \
     MPLCONFIGDIR=/tmp/.cache/matplotlib
 
-RUN groupadd --gid 1000 app \
-    && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
+# A high uid/gid (>= 10000) cannot collide with a user of the node (checkov CKV_K8S_40).
+RUN groupadd --gid 10001 app \
+    && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --no-log-init \
        --shell /usr/sbin/nologin app \
     && mkdir -p /mnt/models \
-    && chown 1000:1000 /mnt/models
+    && chown 10001:10001 /mnt/models
 
 COPY --from=builder /opt/venv /opt/venv
 
 # Optional: bake model_store/ into /mnt/models for clusters without object storage access.
 RUN --mount=type=bind,source=model_store,target=/tmp/model_store \
     if [ "${BAKE_MODEL}" = "true" ]; then \
-        cp -R /tmp/model_store/. /mnt/models/ && chown -R 1000:1000 /mnt/models; \
+        cp -R /tmp/model_store/. /mnt/models/ && chown -R 10001:10001 /mnt/models; \
     fi
 
-USER 1000:1000
+USER 10001:10001
 WORKDIR /tmp
 
 # 8080: HTTP (REST V1/V2, /metrics), 8081: gRPC (V2). KServe defaults.
 EXPOSE 8080 8081
+
+# For `docker run` and Compose: the server's liveness endpoint on the default HTTP port
+# (the slim image has no curl). Kubernetes ignores HEALTHCHECK and uses the chart's probes;
+# the start period covers loading and warming up the model.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=4)"]
 
 ENTRYPOINT ["python", "-m", "predictor", "--model_dir", "/mnt/models"]

@@ -15,6 +15,17 @@ class Case:
     storage_scheme: str = "https"
     # Knative feature flags (config-features) this configuration legitimately needs.
     knative_flags: frozenset[str] = frozenset()
+    # Standard-mode canary: a second InferenceService ("<name>-canary") and an HTTPRoute.
+    canary_isvc: bool = False
+    httproute: bool = False
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds `helm template` renders for this case (sorted)."""
+        kinds = ["InferenceService"] * (2 if self.canary_isvc else 1)
+        kinds += ["ServiceAccount"] if "ci-pvc" not in self.id else []
+        kinds += ["HTTPRoute"] if self.httproute else []
+        return sorted(kinds)
 
     @property
     def knative(self) -> bool:
@@ -55,6 +66,40 @@ CASES: list[Case] = [
         id="ci-pvc-airgapped",
         values_files=("ci/pvc-airgapped-values.yaml",),
         storage_scheme="pvc",
+    ),
+    Case(id="ci-canary-knative", values_files=("ci/canary-knative-values.yaml",)),
+    Case(
+        id="ci-canary-standard",
+        values_files=("ci/canary-standard-values.yaml",),
+        canary_isvc=True,
+        httproute=True,
+    ),
+    Case(
+        id="eks-canary-standard",
+        values_files=("values-eks.yaml",),
+        set_values={
+            "canary.enabled": True,
+            "canary.trafficPercent": 25,
+            "canary.storageUri": "s3://my-models-bucket/yolov5/yolov5s-v2/",
+            "httpRoute.enabled": True,
+        },
+        cloud="eks",
+        storage_scheme="s3",
+        canary_isvc=True,
+        httproute=True,
+    ),
+    Case(
+        id="gke-canary-knative",
+        values_files=("values-gke.yaml",),
+        set_values={
+            "deploymentMode": "Knative",
+            "canary.enabled": True,
+            "canary.trafficPercent": 25,
+            "canary.storageUri": "gs://my-models-bucket/yolov5/yolov5s-v2/",
+        },
+        cloud="gke",
+        storage_scheme="gs",
+        knative_flags=_GPU_KNATIVE_FLAGS,
     ),
 ]
 CASE_IDS = [c.id for c in CASES]

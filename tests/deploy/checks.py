@@ -18,7 +18,8 @@ CLOUD_GPU_NODE_LABELS = {
 LIVENESS_PATH = "/v2/health/live"
 # Always 200 in KServe, even before the model is loaded: never a readiness signal.
 KSERVE_SERVER_READY_PATH = "/v2/health/ready"
-APP_UID = 1000
+# The image's user (Dockerfile USER): a high uid cannot collide with a node user.
+APP_UID = 10001
 
 
 def predictor(isvc: dict[str, Any]) -> dict[str, Any]:

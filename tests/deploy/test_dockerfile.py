@@ -66,7 +66,8 @@ def test_non_root_runtime() -> None:
     runtime = DOCKERFILE.stage("runtime")
     (user,) = runtime.all("USER")
     uid, _, gid = user.value.partition(":")
-    assert uid == gid == "1000", "numeric uid:gid so runAsNonRoot can be verified by the kubelet"
+    assert uid == gid == "10001", "numeric uid:gid so runAsNonRoot can be verified by the kubelet"
+    assert int(uid) >= 10000, "a high uid cannot collide with a user of the node (CKV_K8S_40)"
     assert VALUES["podSecurityContext"]["runAsUser"] == int(uid)
     assert VALUES["containerSecurityContext"]["runAsUser"] == int(uid)
     assert runtime.instructions.index(user) > max(
@@ -83,6 +84,24 @@ def test_entrypoint_and_ports() -> None:
         str(VALUES["containerPorts"]["http"]),
         str(VALUES["containerPorts"]["grpc"]),
     ]
+
+
+def test_healthcheck_probes_liveness() -> None:
+    """`docker run` health: the liveness endpoint the chart probes, on the default port,
+    with Python (the slim image has no curl), after a start period for the model load."""
+    runtime = DOCKERFILE.stage("runtime")
+    (check,) = runtime.all("HEALTHCHECK")
+    flags = check.flags
+    assert set(flags) == {"interval", "timeout", "start-period", "retries"}, flags
+    assert int(flags["start-period"].rstrip("s")) >= 300, "model download and warm-up"
+    assert int(flags["timeout"].rstrip("s")) < int(flags["interval"].rstrip("s"))
+    assert check.body.startswith("CMD [")
+    command = json.loads(check.body.removeprefix("CMD").strip())
+    assert command[:2] == ["python", "-c"], command
+    port = VALUES["containerPorts"]["http"]
+    assert f"http://127.0.0.1:{port}/v2/health/live" in command[2]
+    assert VALUES["livenessProbe"]["enabled"]
+    compile(command[2], "HEALTHCHECK", "exec")
 
 
 def test_writable_paths_are_under_tmp() -> None:

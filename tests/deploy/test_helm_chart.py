@@ -13,7 +13,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from . import checks, kserve_rules, kube_schema, tools
+from . import checks, gateway_api, kserve_rules, kube_schema, tools
 from .cases import CASE_IDS, CASES, Case
 
 pytestmark = pytest.mark.usefixtures("helm")
@@ -27,8 +27,8 @@ def _render(case: Case) -> list[dict[str, Any]]:
     return tools.render(case.values_files, case.set_values)
 
 
-def _isvc(case: Case) -> dict[str, Any]:
-    return tools.one(_render(case), "InferenceService")
+def _isvcs(case: Case) -> list[dict[str, Any]]:
+    return tools.by_kind(_render(case), "InferenceService")
 
 
 # --------------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ def test_chart_metadata() -> None:
     for name in (
         "values.yaml", "values.schema.json", "values-eks.yaml", "values-gke.yaml",
         "templates/_helpers.tpl", "templates/inferenceservice.yaml",
-        "templates/serviceaccount.yaml", "templates/NOTES.txt",
+        "templates/serviceaccount.yaml", "templates/httproute.yaml", "templates/NOTES.txt",
     ):  # fmt: skip
         assert (CHART / name).is_file(), name
 
@@ -162,11 +162,14 @@ def test_hand_written_yaml_lints() -> None:
 def test_rendered_objects_are_valid(case: Case) -> None:
     objects = _render(case)
     kinds = sorted(o["kind"] for o in objects)
-    expected_sa = ["ServiceAccount"] if "ci-pvc" not in case.id else []
-    assert kinds == sorted(["InferenceService", *expected_sa]), kinds
+    assert kinds == case.kinds, kinds
+    isvc_names = {o["metadata"]["name"] for o in tools.by_kind(objects, "InferenceService")}
     for obj in objects:
         assert obj["metadata"]["namespace"] == "models"
-        if obj["kind"] == "InferenceService":
+        if obj["kind"] == "HTTPRoute":
+            errors = gateway_api.route_errors(obj, isvc_names)
+            assert not errors, "HTTPRoute:\n" + "\n".join(errors)
+        elif obj["kind"] == "InferenceService":
             errors = kube_schema.isvc_errors(obj)
             assert not errors, "KServe CRD schema:\n" + "\n".join(errors)
             errors = kube_schema.core_errors(kube_schema.predictor_pod(obj))
@@ -187,19 +190,19 @@ def test_rendered_yaml_lints(case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_rendered_inferenceservice_properties(case: Case) -> None:
-    isvc = _isvc(case)
     merged = _merged_values(case)
-    assert checks.is_knative(isvc) == case.knative
-    checks.assert_all(isvc, merged["model"]["name"])
-    checks.assert_storage(isvc, case.storage_scheme)
-    if case.cloud:
-        checks.assert_gpu_scheduling(isvc, case.cloud)
-        assert (
-            checks.kserve_container(isvc)["image"].endswith("-cuda")
-            or "@sha256:" in (checks.kserve_container(isvc)["image"])
-        )
-    else:
-        checks.assert_cpu_only(isvc)
+    for isvc in _isvcs(case):
+        assert checks.is_knative(isvc) == case.knative
+        checks.assert_all(isvc, merged["model"]["name"])
+        checks.assert_storage(isvc, case.storage_scheme)
+        if case.cloud:
+            checks.assert_gpu_scheduling(isvc, case.cloud)
+            assert (
+                checks.kserve_container(isvc)["image"].endswith("-cuda")
+                or "@sha256:" in (checks.kserve_container(isvc)["image"])
+            )
+        else:
+            checks.assert_cpu_only(isvc)
 
 
 def _merged_values(case: Case) -> dict[str, Any]:
@@ -392,6 +395,17 @@ def test_keda_autoscaling() -> None:
             "awsRoleArn",
         ),
         ({"cloud.provider": "azure"}, "provider"),
+        ({"canary.trafficPercent": 101}, "trafficPercent"),
+        ({"canary.trafficPercent": -1}, "trafficPercent"),
+        ({"canary.trafficPercent": 12.5}, "trafficPercent"),
+        ({"canary.weight": 10}, "weight"),
+        ({"canary.enabled": True, "canary.storageUri": "s3://b/v2/"}, "needs httpRoute.enabled"),
+        ({"canary.storageUri": "ftp://models/v2"}, "storageUri"),
+        ({"deploymentMode": "Knative", "httpRoute.enabled": True}, "httpRoute.enabled is for"),
+        ({"httpRoute.hostnames[0]": "Bad_Host.example.com"}, "hostnames"),
+        ({"httpRoute.parentRefs": []}, "parentRefs"),
+        ({"httpRoute.parentRefs[0].nam": "gw"}, "nam"),
+        ({"httpRoute.pathPrefix": "v2"}, "pathPrefix"),
     ],
 )
 def test_invalid_values_are_rejected(set_values: dict[str, Any], message: str) -> None:

@@ -10,18 +10,19 @@ import pytest
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from . import checks, kube_schema, tools
+from . import checks, gateway_api, kube_schema, tools
 
 
 @dataclass(frozen=True)
 class ManifestDir:
-    name: str
+    name: str  # path under manifests/
     cloud: str | None
     storage_scheme: str
     # The chart install that must produce the same objects.
     values_files: tuple[str, ...] = ()
     set_values: dict[str, Any] = field(default_factory=dict)
     knative_flags: frozenset[str] = frozenset()
+    scale_to_zero: bool = False
 
 
 _GPU_KNATIVE_FLAGS = frozenset(
@@ -30,10 +31,19 @@ _GPU_KNATIVE_FLAGS = frozenset(
 
 DIRS = [
     ManifestDir("cpu", None, "https"),
-    ManifestDir("cpu-knative", None, "https", ("ci/knative-scale-to-zero-values.yaml",)),
+    ManifestDir(
+        "cpu-knative", None, "https", ("ci/knative-scale-to-zero-values.yaml",),
+        scale_to_zero=True,
+    ),
     ManifestDir("eks", "eks", "s3", ("values-eks.yaml",)),
     ManifestDir("gke", "gke", "gs", ("values-gke.yaml",)),
-]
+    ManifestDir(
+        "canary/knative", None, "https",
+        ("ci/knative-scale-to-zero-values.yaml", "ci/canary-knative-values.yaml"),
+        scale_to_zero=True,
+    ),
+    ManifestDir("canary/standard", None, "https", ("ci/canary-standard-values.yaml",)),
+]  # fmt: skip
 DIR_IDS = [d.name for d in DIRS]
 
 
@@ -44,8 +54,13 @@ def _objects(d: ManifestDir) -> list[dict[str, Any]]:
     return objects
 
 
+def _dir_of(path: Path) -> ManifestDir:
+    name = path.parent.relative_to(tools.MANIFESTS_DIR).as_posix()
+    return next(d for d in DIRS if d.name == name)
+
+
 def test_every_manifest_directory_is_covered() -> None:
-    found = {p.name for p in tools.MANIFESTS_DIR.iterdir() if p.is_dir()}
+    found = {p.parent.relative_to(tools.MANIFESTS_DIR).as_posix() for p in tools.manifest_files()}
     assert found == set(DIR_IDS)
     assert not list(tools.MANIFESTS_DIR.glob("*.yaml")), "keep manifests in per-target directories"
 
@@ -66,12 +81,16 @@ def test_yamllint(path: Path) -> None:
     "path", tools.manifest_files(), ids=lambda p: str(p.relative_to(tools.MANIFESTS_DIR))
 )
 def test_objects_are_valid(path: Path) -> None:
-    d = next(d for d in DIRS if d.name == path.parent.name)
+    d = _dir_of(path)
     docs = tools.load_yaml_documents(path)
     assert docs, f"{path} is empty"
+    isvc_names = {o["metadata"]["name"] for o in tools.by_kind(_objects(d), "InferenceService")}
     for obj in docs:
         assert "namespace" not in obj["metadata"], "leave the namespace to `kubectl apply -n`"
-        if obj["kind"] == "InferenceService":
+        if obj["kind"] == "HTTPRoute":
+            errors = gateway_api.route_errors(obj, isvc_names)
+            assert not errors, "HTTPRoute:\n" + "\n".join(errors)
+        elif obj["kind"] == "InferenceService":
             errors = kube_schema.isvc_errors(obj)
             assert not errors, "KServe CRD schema:\n" + "\n".join(errors)
             errors = kube_schema.core_errors(kube_schema.predictor_pod(obj))
@@ -88,21 +107,21 @@ def test_objects_are_valid(path: Path) -> None:
 @pytest.mark.parametrize("d", DIRS, ids=DIR_IDS)
 def test_deployment_properties(d: ManifestDir) -> None:
     objects = _objects(d)
-    isvc = tools.one(objects, "InferenceService")
     sa = tools.one(objects, "ServiceAccount")
-    checks.assert_all(isvc, "yolov5")
-    checks.assert_storage(isvc, d.storage_scheme)
-    if d.cloud:
-        checks.assert_gpu_scheduling(isvc, d.cloud)
-    else:
-        checks.assert_cpu_only(isvc)
-    assert checks.predictor(isvc)["serviceAccountName"] == sa["metadata"]["name"]
+    for isvc in tools.by_kind(objects, "InferenceService"):
+        checks.assert_all(isvc, "yolov5")
+        checks.assert_storage(isvc, d.storage_scheme)
+        if d.cloud:
+            checks.assert_gpu_scheduling(isvc, d.cloud)
+        else:
+            checks.assert_cpu_only(isvc)
+        assert checks.predictor(isvc)["serviceAccountName"] == sa["metadata"]["name"]
+        if d.scale_to_zero:
+            assert checks.predictor(isvc)["minReplicas"] == 0, "the example scales to zero"
     assert sa["automountServiceAccountToken"] is False
     identity = {"eks": "eks.amazonaws.com/role-arn", "gke": "iam.gke.io/gcp-service-account"}
     if d.cloud:
         assert sa["metadata"]["annotations"][identity[d.cloud]]
-    if "knative" in d.name:
-        assert checks.predictor(isvc)["minReplicas"] == 0, "the Knative example scales to zero"
 
 
 @pytest.mark.usefixtures("helm")
@@ -110,16 +129,21 @@ def test_deployment_properties(d: ManifestDir) -> None:
 def test_manifests_equal_the_chart(d: ManifestDir) -> None:
     """One source of truth: the hand-written YAML is what the chart renders for the profile."""
     rendered = tools.render(d.values_files, {"fullnameOverride": "yolov5", **d.set_values})
-    for kind in ("InferenceService", "ServiceAccount"):
-        ours = tools.one(_objects(d), kind)
-        chart = tools.one(rendered, kind)
-        assert ours["metadata"]["name"] == chart["metadata"]["name"]
+
+    def key(obj: dict[str, Any]) -> tuple[str, str]:
+        return obj["kind"], obj["metadata"]["name"]
+
+    ours_by_key = {key(o): o for o in _objects(d)}
+    chart_by_key = {key(o): o for o in rendered}
+    assert sorted(ours_by_key) == sorted(chart_by_key), "the chart renders other objects"
+    for (kind, name), chart in chart_by_key.items():
+        ours = ours_by_key[kind, name]
         assert ours["metadata"].get("annotations") == chart["metadata"].get("annotations"), kind
-        for key in set(ours) | set(chart):
-            if key not in ("metadata",):
-                assert ours.get(key) == chart.get(key), (
-                    f"manifests/{d.name} {kind}.{key} differs from `helm template "
-                    f"{' '.join(d.values_files)}`: update one of them"
+        for field_name in set(ours) | set(chart):
+            if field_name not in ("metadata",):
+                assert ours.get(field_name) == chart.get(field_name), (
+                    f"manifests/{d.name} {kind} {name}.{field_name} differs from `helm "
+                    f"template {' '.join(d.values_files)}`: update one of them"
                 )
         chart_labels = chart["metadata"]["labels"]
         for label, value in ours["metadata"].get("labels", {}).items():

@@ -93,14 +93,14 @@ def test_defaults_agree() -> None:
 @pytest.mark.usefixtures("helm")
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_chart_argv_is_accepted_by_the_predictor(case: Case) -> None:
-    isvc = tools.one(tools.render(case.values_files, case.set_values), "InferenceService")
-    ns = _check_argv(isvc)
-    assert ns.device == ("cuda" if case.cloud else "cpu")
+    for isvc in tools.by_kind(tools.render(case.values_files, case.set_values), "InferenceService"):
+        ns = _check_argv(isvc)
+        assert ns.device == ("cuda" if case.cloud else "cpu")
 
 
 @pytest.mark.parametrize(
-    "path", sorted(tools.MANIFESTS_DIR.glob("*/inferenceservice.yaml")),
-    ids=lambda p: p.parent.name,
+    "path", sorted(tools.MANIFESTS_DIR.rglob("inferenceservice*.yaml")),
+    ids=lambda p: p.relative_to(tools.MANIFESTS_DIR).as_posix(),
 )  # fmt: skip
 def test_manifest_argv_is_accepted_by_the_predictor(path: Path) -> None:
     (isvc,) = tools.load_yaml_documents(path)

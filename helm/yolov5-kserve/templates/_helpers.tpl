@@ -32,6 +32,18 @@ from it, and its webhook requires DNS-1035 ([a-z]([-a-z0-9]*[a-z0-9])?), so keep
 {{- $name -}}
 {{- end -}}
 
+{{/* Standard mode canary: the candidate InferenceService (at most 52 characters, so that
+KServe's "<name>-predictor" objects stay within 63). */}}
+{{- define "yolov5-kserve.canaryName" -}}
+{{- printf "%s-canary" (include "yolov5-kserve.fullname" .) -}}
+{{- end -}}
+
+{{/* Gateway API HTTPRoute in front of the predictor Service(s); KServe's own routes are
+named "<name>" and "<name>-predictor", so this one never collides with them. */}}
+{{- define "yolov5-kserve.httpRouteName" -}}
+{{- printf "%s-split" (include "yolov5-kserve.fullname" .) -}}
+{{- end -}}
+
 {{- define "yolov5-kserve.namespace" -}}
 {{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -160,6 +172,12 @@ app.kubernetes.io/part-of: yolov5-kserve
 {{- end -}}
 {{- if and (eq .Values.cloud.provider "gke") .Values.serviceAccount.awsRoleArn -}}
 {{- fail "serviceAccount.awsRoleArn (EKS IRSA) is set with cloud.provider=gke" -}}
+{{- end -}}
+{{- if and $knative .Values.httpRoute.enabled -}}
+{{- fail "httpRoute.enabled is for deploymentMode=Standard: Knative routes through its own ingress (and splits canary traffic itself)" -}}
+{{- end -}}
+{{- if and (not $knative) .Values.canary.enabled (not .Values.httpRoute.enabled) -}}
+{{- fail "canary.enabled in Standard mode needs httpRoute.enabled: KServe cannot split traffic between InferenceServices, the HTTPRoute does" -}}
 {{- end -}}
 {{- if and (or .Values.serviceAccount.awsRoleArn .Values.serviceAccount.gcpServiceAccount) (not .Values.serviceAccount.create) -}}
 {{- fail "serviceAccount.awsRoleArn / gcpServiceAccount annotate the chart's ServiceAccount: set serviceAccount.create=true (or annotate your own ServiceAccount)" -}}
