@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backends import Backend, Engine, create_backend
 from .checkpoint import LoadedModel, load_checkpoint
 from .imaging import (
     Letterbox,
@@ -58,11 +59,28 @@ class Detections:
 
 @dataclass
 class PreparedImage:
-    """An image letterboxed into network layout, with what is needed to map boxes back."""
+    """A letterboxed image, with what is needed to map boxes back.
 
-    tensor: np.ndarray  # 3 x H x W float32
+    Kept as uint8 pixels (a quarter of the float tensor's memory) until its batch is formed:
+    a busy server holds many of these in its queue.
+    """
+
+    pixels: np.ndarray  # H x W x 3 BGR uint8, letterboxed
     plan: Letterbox
     image_shape: tuple[int, int]
+
+    @property
+    def tensor(self) -> np.ndarray:
+        """3 x H x W RGB float32 in [0, 1], as the network takes it."""
+        return to_network_layout(self.pixels)
+
+
+def stack_batch(images: Sequence[PreparedImage]) -> np.ndarray:
+    """N x 3 x H x W float32 from images of one input shape; the same values (bit for bit)
+    as stacking each image's `tensor`, in one pass."""
+    pixels = np.stack([image.pixels for image in images])  # N x H x W x 3 BGR
+    chw_rgb = pixels.transpose(0, 3, 1, 2)[:, ::-1]
+    return np.ascontiguousarray(chw_rgb, dtype=np.float32) / 255.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,8 +93,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Detector:
+    """`backend`: "torch" (the reference, default), "onnxruntime" or "auto" (see
+    `predictor.backends`); exports are cached in `cache_dir` (None: the default directory)."""
+
     def __init__(
-        self, model: LoadedModel, img_size: int = 640, letterbox: LetterboxMode = "square"
+        self,
+        model: LoadedModel,
+        img_size: int = 640,
+        letterbox: LetterboxMode = "square",
+        backend: str | Backend = "torch",
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.model = model
         self.names = model.names
@@ -88,8 +114,18 @@ class Detector:
         else:
             size = round_up_to_stride(img_size, self.stride)
             self.input_shape = (size, size)
-        self.device = _device_of(model.network)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        if isinstance(backend, str):
+            backend = create_backend(
+                model,
+                backend,
+                input_shape=self.input_shape,
+                rect=self.letterbox == "rect",
+                cache_dir=cache_dir,
+            )
+        self.backend = backend
+        self.device = backend.device
+        self.dtype: torch.dtype = getattr(backend, "dtype", torch.float32)
+        self._engine: Engine | None = None
 
     @classmethod
     def load(
@@ -98,8 +134,18 @@ class Detector:
         device: str = "auto",
         img_size: int = 640,
         letterbox: LetterboxMode = "square",
+        backend: str = "torch",
+        cache_dir: str | Path | None = None,
     ) -> Detector:
-        return cls(load_checkpoint(path, resolve_device(device)), img_size, letterbox)
+        model = load_checkpoint(path, resolve_device(device))
+        return cls(model, img_size, letterbox, backend, cache_dir)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine `forward` uses when given none (the runtime's default threads)."""
+        if self._engine is None:
+            self._engine = self.backend.engine()
+        return self._engine
 
     # -- the three stages, usable separately so a server can schedule them ---------------
 
@@ -111,16 +157,11 @@ class Detector:
             )
         shape = (image_bgr.shape[0], image_bgr.shape[1])
         plan = plan_letterbox(shape, self.input_shape, self.stride, self.letterbox)
-        return PreparedImage(to_network_layout(apply_letterbox(image_bgr, plan)), plan, shape)
+        return PreparedImage(apply_letterbox(image_bgr, plan), plan, shape)
 
-    @torch.inference_mode()
-    def forward(self, batch: np.ndarray) -> torch.Tensor:
-        """N x 3 x H x W float32 -> raw head output (N, anchors, 5 + nc)."""
-        inputs = torch.from_numpy(batch).to(self.device, self.dtype, non_blocking=True)
-        output = self.model.network(inputs)
-        if isinstance(output, list | tuple):  # TorchScript exports return (predictions, ...)
-            output = output[0]
-        return output
+    def forward(self, batch: np.ndarray, engine: Engine | None = None) -> torch.Tensor:
+        """N x 3 x H x W float32 -> raw head output (N, anchors, 5 + nc), on `engine`."""
+        return (engine or self.engine)(batch)
 
     def postprocess(
         self, raw: torch.Tensor, images: Sequence[PreparedImage], settings: DetectionSettings
@@ -157,21 +198,24 @@ class Detector:
         return self.detect_prepared(prepared, settings or DetectionSettings())
 
     def detect_prepared(
-        self, prepared: Sequence[PreparedImage], settings: DetectionSettings
+        self,
+        prepared: Sequence[PreparedImage],
+        settings: DetectionSettings,
+        engine: Engine | None = None,
     ) -> list[Detections]:
         """Forward and postprocess prepared images; images of equal input shape share a batch."""
         results: list[Detections | None] = [None] * len(prepared)
         for indices in _group_by_shape(prepared):
             group = [prepared[i] for i in indices]
-            raw = self.forward(np.stack([p.tensor for p in group]))
+            raw = self.forward(stack_batch(group), engine)
             for i, result in zip(indices, self.postprocess(raw, group, settings), strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+    def warmup(self, batch_sizes: Sequence[int] = (1,), engine: Engine | None = None) -> None:
         """Run the network once per batch size so no request pays for lazy initialisation."""
         for batch_size in batch_sizes:
-            self.forward(np.zeros((batch_size, 3, *self.input_shape), dtype=np.float32))
+            self.forward(np.zeros((batch_size, 3, *self.input_shape), dtype=np.float32), engine)
 
 
 def _group_by_shape(prepared: Sequence[PreparedImage]) -> list[list[int]]:
@@ -179,8 +223,3 @@ def _group_by_shape(prepared: Sequence[PreparedImage]) -> list[list[int]]:
     for i, image in enumerate(prepared):
         groups.setdefault(image.plan.shape, []).append(i)
     return list(groups.values())
-
-
-def _device_of(network: torch.nn.Module) -> torch.device:
-    parameter = next(network.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")

@@ -53,6 +53,8 @@ def running_server(
             str(http_port),
             "--grpc_port",
             str(grpc_port),
+            "--cache_dir",
+            str(model_dir.parent / "export-cache"),
             *args,
         ],
         cwd=REPO,

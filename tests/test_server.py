@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from predictor import Detections, DetectionSettings, Detector
 from predictor.imaging import decode_image
 from tests.serving import Server, running_server
-from tests.support import save_detecting_checkpoint
+from tests.support import save_responsive_checkpoint
 
 NAMES = ["cat", "dog", "bird"]
 IMG_SIZE = 256
@@ -39,7 +39,7 @@ def scene(seed: int, height: int, width: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model_dir = tmp_path_factory.mktemp("model")
-    save_detecting_checkpoint(model_dir / "unseen.pt", nc=3, names=NAMES)
+    save_responsive_checkpoint(model_dir / "unseen.pt", nc=3, names=NAMES)
     return model_dir / "unseen.pt"
 
 

@@ -17,6 +17,7 @@ from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
 from ..detector import DetectionSettings
 from .limits import Limits
 from .observability import configure_json_logging
+from .scheduler import PerformanceOptions, add_performance_arguments
 
 DEFAULT_MODEL_NAME = "yolov5"
 DEFAULT_MODEL_DIR = "/mnt/models"
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_limits.max_batch_decoded_bytes,
         help="decoded size of all images in one request",
     )
+    add_performance_arguments(parser)
     parser.add_argument(
         "--log_format",
         choices=("json", "text"),
@@ -139,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         model = YoloV5Model(
             args.model_name,
             checkpoint,
-            ServingOptions(args.img_size, args.letterbox, args.device, defaults, limits),
+            ServingOptions(
+                args.img_size,
+                args.letterbox,
+                args.device,
+                defaults,
+                limits,
+                performance=PerformanceOptions.from_args(args),
+            ),
         )
         model.load()
     except (CheckpointError, ValueError) as error:

@@ -20,6 +20,7 @@ from ..imaging import ImageDecodeError, LetterboxMode, decode_image
 from . import contract
 from .limits import Limits, encoded_image_size
 from .observability import BATCH_SIZE, IMAGES, INFERENCES, MODEL_INFO, QUEUE_DEPTH, STAGE_SECONDS
+from .scheduler import PerformanceOptions, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class ServingOptions:
     defaults: DetectionSettings = field(default_factory=DetectionSettings)
     limits: Limits = field(default_factory=Limits)
     decode_threads: int = 2
+    performance: PerformanceOptions = field(default_factory=PerformanceOptions)
 
 
 @dataclass
@@ -51,14 +53,25 @@ class YoloV5Model(Model):
         self.options = options
         self.detector: Detector | None = None
         self._decode_pool = ThreadPoolExecutor(options.decode_threads, "decode")
-        # One inference at a time: torch already spreads one forward over all cores.
-        self._inference_pool = ThreadPoolExecutor(1, "inference")
+        # Inference streams + micro-batcher (threads of their own, never the event loop).
+        self.scheduler: Scheduler | None = None
 
     def load(self) -> bool:
+        performance = self.options.performance
         self.detector = Detector.load(
-            self.checkpoint, self.options.device, self.options.img_size, self.options.letterbox
+            self.checkpoint,
+            self.options.device,
+            self.options.img_size,
+            self.options.letterbox,
+            backend=performance.backend,
+            cache_dir=performance.cache_dir,
         )
-        self.detector.warmup()
+        self.scheduler = Scheduler.create(
+            self.detector,
+            performance,
+            observe=lambda images, _seconds: BATCH_SIZE.labels(self.name).observe(images),
+        )
+        self.scheduler.start()  # warms every stream on every batch size before readiness
         logger.info(
             "loaded %s: %d classes, input %s, letterbox %s, device %s",
             self.checkpoint,
@@ -160,19 +173,22 @@ class YoloV5Model(Model):
         return prepared
 
     async def predict(self, job: Job, headers: dict[str, str] | None = None) -> Job:
-        loop = asyncio.get_running_loop()
         QUEUE_DEPTH.labels(self.name).inc()
         started = time.perf_counter()
         try:
-            job.results = await loop.run_in_executor(
-                self._inference_pool, self._detector.detect_prepared, job.images, job.settings
-            )
+            if self.scheduler is None:
+                raise RuntimeError("model is not loaded")
+            job.results = await self.scheduler.detect(job.images, job.settings)
         finally:
             QUEUE_DEPTH.labels(self.name).dec()
         STAGE_SECONDS.labels(self.name, "inference").observe(time.perf_counter() - started)
         IMAGES.labels(self.name).inc(len(job.images))
-        BATCH_SIZE.labels(self.name).observe(len(job.images))
         return job
+
+    def stop(self) -> None:
+        super().stop()
+        if self.scheduler is not None:
+            self.scheduler.close()
 
     async def postprocess(
         self, job: Job, headers: dict[str, str] | None = None

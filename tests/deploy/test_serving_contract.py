@@ -3,8 +3,9 @@
 The container runs the image's ENTRYPOINT (`python -m predictor --model_dir /mnt/models`)
 followed by the args of the chart or manifest. Those argv are parsed here with the
 predictor's own argument parser (`predictor.server.cli.build_parser`, which includes every
-KServe ModelServer flag): every flag must be known by its exact name, every value must
-parse, and ports, model name and model directory must agree with the probes and ports.
+KServe ModelServer flag; asked in a child process, see `predictor_cli`): every flag must be
+known by its exact name, every value must parse, and ports, model name and model directory
+must agree with the probes and ports.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from typing import Any
 import pytest
 import yaml
 
-from predictor.server import cli
-
 from ..support import save_detecting_checkpoint
 from . import checks, tools
 from .cases import CASE_IDS, CASES, Case
 from .dockerfile import parse
+from .predictor_cli import predictor_cli
 
 ENTRYPOINT = next(i.exec_form() for i in parse(tools.DOCKERFILE).stage("runtime").all("ENTRYPOINT"))
 VALUES = yaml.safe_load((tools.CHART_DIR / "values.yaml").read_text())
@@ -37,12 +37,8 @@ VALUES_SCHEMA = json.loads((tools.CHART_DIR / "values.schema.json").read_text())
 TEMPLATE = (tools.CHART_DIR / "templates" / "inferenceservice.yaml").read_text()
 
 
-def _parser() -> argparse.ArgumentParser:
-    return cli.build_parser()
-
-
-def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
-    return {s for action in parser._actions for s in action.option_strings}
+CLI = predictor_cli()
+DEFAULTS = CLI.constants()
 
 
 def _check_argv(isvc: dict[str, Any]) -> argparse.Namespace:
@@ -51,16 +47,11 @@ def _check_argv(isvc: dict[str, Any]) -> argparse.Namespace:
     assert ENTRYPOINT[:3] == ["python", "-m", "predictor"]
     args = container.get("args", [])
     flags = {a.split("=", 1)[0] for a in args}
-    parser = _parser()
-    unknown_flags = flags - _option_strings(parser)
+    unknown_flags = flags - CLI.option_strings()
     assert not unknown_flags, f"flags the predictor does not define: {sorted(unknown_flags)}"
-    try:
-        ns, unknown = parser.parse_known_args(ENTRYPOINT[3:] + args)
-    except SystemExit as exc:  # argparse reports bad values by exiting
-        raise AssertionError(f"predictor rejects its argv {ENTRYPOINT[3:] + args}") from exc
-    assert unknown == [], f"unparsed arguments: {unknown}"
+    ns = CLI.parse(ENTRYPOINT[3:] + args)
 
-    assert ns.model_dir == cli.DEFAULT_MODEL_DIR == "/mnt/models"
+    assert ns.model_dir == DEFAULTS["model_dir"] == "/mnt/models"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ns.http_port == ports["http1"] == checks.http_port(isvc)
     if "h2c" in ports:
@@ -73,11 +64,10 @@ def _check_argv(isvc: dict[str, Any]) -> argparse.Namespace:
 
 
 def test_defaults_agree() -> None:
-    parser = _parser()
-    defaults = parser.parse_args([])
-    assert cli.DEFAULT_MODEL_NAME == defaults.model_name == VALUES["model"]["name"]
+    defaults = CLI.parse([])
+    assert DEFAULTS["model_name"] == defaults.model_name == VALUES["model"]["name"]
     assert (
-        cli.DEFAULT_MODEL_DIR
+        DEFAULTS["model_dir"]
         == defaults.model_dir
         == ENTRYPOINT[ENTRYPOINT.index("--model_dir") + 1]
     )
@@ -105,7 +95,7 @@ def test_chart_argv_is_accepted_by_the_predictor(case: Case) -> None:
 def test_manifest_argv_is_accepted_by_the_predictor(path: Path) -> None:
     (isvc,) = tools.load_yaml_documents(path)
     ns = _check_argv(isvc)
-    assert ns.model_name == cli.DEFAULT_MODEL_NAME
+    assert ns.model_name == DEFAULTS["model_name"]
 
 
 @pytest.mark.usefixtures("helm")
@@ -147,23 +137,22 @@ def test_backend_and_batching_values_reach_the_predictor() -> None:
 def test_every_flag_in_the_template_exists() -> None:
     flags = set(re.findall(r"^\s*- (--[a-z_]+)=", TEMPLATE, flags=re.M))
     assert {"--model_name", "--http_port", "--grpc_port", "--device", "--backend"} <= flags
-    assert not flags - _option_strings(_parser()), sorted(flags - _option_strings(_parser()))
+    assert not flags - CLI.option_strings(), sorted(flags - CLI.option_strings())
 
 
 @pytest.mark.parametrize(
     ("value_key", "flag"), [("letterbox", "--letterbox"), ("backend", "--backend")]
 )
 def test_schema_enums_are_the_parser_choices(value_key: str, flag: str) -> None:
-    action = next(a for a in _parser()._actions if flag in a.option_strings)
     enum = set(VALUES_SCHEMA["properties"]["model"]["properties"][value_key]["enum"]) - {""}
-    assert enum == set(action.choices), f"values.schema.json model.{value_key} vs {flag} choices"
+    assert enum == set(CLI.choices(flag)), f"values.schema.json model.{value_key} vs {flag} choices"
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:3"])
 def test_device_values_parse(device: str) -> None:
     pattern = VALUES_SCHEMA["properties"]["model"]["properties"]["device"]["pattern"]
     assert re.match(pattern, device)
-    assert _parser().parse_args([f"--device={device}"]).device == device
+    assert CLI.parse([f"--device={device}"]).device == device
 
 
 @pytest.mark.usefixtures("helm")
@@ -213,3 +202,9 @@ def test_probes_answer_on_the_real_server(tmp_path: Path) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.mark.parametrize("argv", [["--letterbox=diagonal"], ["--no_such_flag=1"], ["--img_size=x"]])
+def test_the_child_parser_rejects_what_the_server_rejects(argv: list[str]) -> None:
+    with pytest.raises(AssertionError):
+        CLI.parse(argv)
