@@ -314,5 +314,6 @@ def save_checkpoint(
         "date": datetime.datetime.now().isoformat(),
     }
     checkpoint.update(extra or {})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with upstream_class_paths(model_class):
         torch.save(checkpoint, path)

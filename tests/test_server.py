@@ -124,7 +124,7 @@ def test_metadata_declares_the_contract(server: Server) -> None:
 
 def test_class_names_are_discoverable(server: Server) -> None:
     body = httpx.get(f"{server.http_url}/v2/models/yolov5/labels").json()
-    assert body == {"name": "yolov5", "labels": NAMES}
+    assert body == {"name": "yolov5", "version": "1", "labels": NAMES}
     assert httpx.get(f"{server.http_url}/v2/models/other/labels").status_code == 404
 
 

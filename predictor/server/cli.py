@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
+from ..checkpoint import CheckpointError
 from ..detector import DetectionSettings
 from .limits import Limits
 from .observability import configure_json_logging
@@ -40,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--model_dir",
         default=DEFAULT_MODEL_DIR,
-        help="directory holding exactly one .pt/.torchscript checkpoint (KServe's storage "
-        "initializer puts storageUri content in /mnt/models), or the checkpoint file itself",
+        help="a checkpoint file; a directory holding one (KServe's storage initializer puts "
+        "storageUri content in /mnt/models); or a repository: one subdirectory per model, "
+        "<name>/<checkpoint> or <name>/<version>/<checkpoint>, each with an optional "
+        "config.yaml (img_size, letterbox, conf_threshold, iou_threshold, max_det, names)",
     )
     group.add_argument("--img_size", type=int, default=640, help="network input size in pixels")
     group.add_argument(
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_limits.max_batch_decoded_bytes,
         help="decoded size of all images in one request",
     )
+    group.add_argument(
+        "--max_loaded_models",
+        type=int,
+        default=16,
+        help="most models loaded at once (startup and POST /v2/repository/models/NAME/load)",
+    )
     add_performance_arguments(parser)
     parser.add_argument(
         "--log_format",
@@ -93,24 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="json: one JSON object per line with the request id; text: KServe's format",
     )
     return parser
-
-
-def find_checkpoint(model_dir: str | Path) -> Path:
-    """The single checkpoint in `model_dir` (or `model_dir` itself when it is a file)."""
-    path = Path(model_dir)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(f"--model_dir {path}: no such directory")
-    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
-    if len(found) != 1:
-        what = "no" if not found else f"{len(found)}"
-        listing = f" ({', '.join(p.name for p in found)})" if found else ""
-        raise CheckpointError(
-            f"--model_dir {path}: found {what} checkpoint files{listing}; "
-            f"put exactly one {'/'.join(CHECKPOINT_SUFFIXES)} file there or pass its path"
-        )
-    return found[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,30 +122,33 @@ def main(argv: list[str] | None = None) -> int:
         configure_json_logging()
 
     from . import app, kserve_fixes
-    from .model import ServingOptions, YoloV5Model
+    from .model import ServingOptions
+    from .repository import YoloRepository
     from .shutdown import GracefulModelServer
 
+    base = ServingOptions(
+        args.img_size,
+        args.letterbox,
+        args.device,
+        defaults,
+        limits,
+        performance=PerformanceOptions.from_args(args),
+    )
+    repository = YoloRepository(args.model_dir, args.model_name, base, args.max_loaded_models)
     try:
-        checkpoint = find_checkpoint(args.model_dir)
-        model = YoloV5Model(
-            args.model_name,
-            checkpoint,
-            ServingOptions(
-                args.img_size,
-                args.letterbox,
-                args.device,
-                defaults,
-                limits,
-                performance=PerformanceOptions.from_args(args),
-            ),
-        )
-        model.load()
+        entries = repository.entries()
+        if len(entries) > args.max_loaded_models:
+            raise CheckpointError(
+                f"--model_dir {args.model_dir} holds {len(entries)} models, over "
+                f"--max_loaded_models={args.max_loaded_models}"
+            )
+        models = [repository.load_entry(entry) for entry in entries]
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     kserve_fixes.apply()
-    app.extend(model, limits)
     server = GracefulModelServer(
+        registered_models=repository,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=1,
@@ -171,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
+    app.extend(server, limits)
     if json_logs:
         configure_json_logging()  # ModelServer() re-applied KServe's text format
-    server.start([model])
+    server.start(models)
     return 0

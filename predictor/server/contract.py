@@ -208,7 +208,7 @@ def output_arrays(results: Sequence[Detections]) -> dict[str, np.ndarray]:
 
 
 def v2_response(
-    request: InferRequest, results: Sequence[Detections], model_name: str
+    request: InferRequest, results: Sequence[Detections], model_name: str, model_version: str
 ) -> InferResponse:
     arrays = output_arrays(results)
     wanted = _requested_outputs(request)
@@ -224,6 +224,7 @@ def v2_response(
     return InferResponse(
         response_id=request.id or str(uuid.uuid4()),
         model_name=model_name,
+        model_version=model_version,
         infer_outputs=outputs,
         use_binary_outputs=request.from_grpc,
         requested_outputs=None

@@ -41,7 +41,7 @@ IMAGES = Counter("yolov5_images", "Images processed", ["model"])
 MODEL_INFO = Gauge(
     "yolov5_model_info",
     "Loaded model (value 1) with its properties as labels",
-    ["model", "classes", "device", "precision", "input_shape", "letterbox"],
+    ["model", "version", "classes", "device", "precision", "input_shape", "letterbox"],
 )
 
 

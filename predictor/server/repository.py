@@ -1,0 +1,208 @@
+"""The model repository on disk: which models `--model_dir` holds, their versions and
+per-model settings.
+
+Layouts:
+
+    model_dir/best.pt                        one model, served as --model_name
+    model_dir/<name>/best.pt                 one model per subdirectory
+    model_dir/<name>/<version>/best.pt       versions (numbers); the highest is the default
+
+A `config.yaml` beside a checkpoint (or in `<name>/`, for all its versions) overrides that
+model's settings: img_size, letterbox, conf_threshold, iou_threshold, max_det, names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import gc
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from kserve.errors import ModelNotFound
+from kserve.model_repository import ModelRepository
+
+from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
+from ..detector import DetectionSettings
+from .model import ModelVersion, ServingOptions, YoloV5Model
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+DEFAULT_VERSION = "1"
+_OPTION_KEYS = {"img_size", "letterbox"}
+_SETTING_KEYS = {"conf_threshold", "iou_threshold", "max_det"}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    versions: list[ModelVersion]  # ascending; the last is the default
+
+
+def discover(model_dir: str | Path, default_name: str, base: ServingOptions) -> list[ModelEntry]:
+    """Every model under `model_dir`; a single checkpoint is served as `default_name`."""
+    root = Path(model_dir)
+    if root.is_file():
+        return [ModelEntry(default_name, [ModelVersion(DEFAULT_VERSION, root, base)])]
+    if not root.is_dir():
+        raise CheckpointError(f"--model_dir {root}: no such directory")
+    if _checkpoints(root):
+        options = _with_config(root, base)
+        return [ModelEntry(default_name, [_version(root, DEFAULT_VERSION, options)])]
+    entries = [
+        model_entry(root, child.name, base)
+        for child in sorted(root.iterdir())
+        if child.is_dir() and not child.name.startswith(".")
+    ]
+    if not entries:
+        raise CheckpointError(
+            f"--model_dir {root}: found no checkpoint files; put one "
+            f"{'/'.join(CHECKPOINT_SUFFIXES)} file there, or one subdirectory per model"
+        )
+    return entries
+
+
+def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
+    """The model `name` as the repository holds it now (read again on every load)."""
+    directory = root / name
+    if not directory.is_dir():
+        raise CheckpointError(f"model {name!r}: no directory {directory}")
+    options = _with_config(directory, base)
+    if _checkpoints(directory):
+        return ModelEntry(name, [_version(directory, DEFAULT_VERSION, options)])
+    numbered = sorted(
+        (int(child.name), child)
+        for child in directory.iterdir()
+        if child.is_dir() and child.name.isdigit()
+    )
+    if not numbered:
+        raise CheckpointError(
+            f"model {name!r}: {directory} holds no checkpoint and no numbered version directories"
+        )
+    return ModelEntry(
+        name,
+        [_version(path, str(n), _with_config(path, options)) for n, path in numbered],
+    )
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+
+
+def _version(directory: Path, version: str, options: ServingOptions) -> ModelVersion:
+    found = _checkpoints(directory)
+    if len(found) != 1:
+        listing = f" ({', '.join(p.name for p in found)})" if found else ""
+        raise CheckpointError(
+            f"{directory}: found {len(found) or 'no'} checkpoint files{listing}; "
+            f"put exactly one {'/'.join(CHECKPOINT_SUFFIXES)} file there"
+        )
+    return ModelVersion(version, found[0], options)
+
+
+def _with_config(directory: Path, base: ServingOptions) -> ServingOptions:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        return base
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise CheckpointError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a mapping of settings")
+    unknown = set(config) - _OPTION_KEYS - _SETTING_KEYS - {"names"}
+    if unknown:
+        allowed = sorted(_OPTION_KEYS | _SETTING_KEYS | {"names"})
+        raise CheckpointError(f"{path}: unknown settings {sorted(unknown)}; allowed: {allowed}")
+    try:
+        return _apply(base, config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: {error}") from None
+
+
+def _apply(base: ServingOptions, config: dict[str, Any]) -> ServingOptions:
+    settings = {k: config[k] for k in _SETTING_KEYS & set(config)}
+    defaults: DetectionSettings = dataclasses.replace(base.defaults, **settings)
+    options = {k: config[k] for k in _OPTION_KEYS & set(config)}
+    if "letterbox" in options and options["letterbox"] not in ("square", "rect"):
+        raise ValueError(f"letterbox must be square or rect, got {options['letterbox']!r}")
+    if "img_size" in options and (
+        not isinstance(options["img_size"], int) or options["img_size"] < 32
+    ):
+        raise ValueError(f"img_size must be an integer >= 32, got {options['img_size']!r}")
+    if "names" in config:
+        names = config["names"]
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names)]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("names must be a list of class names or a {id: name} mapping")
+        options["class_names"] = tuple(names)
+    return dataclasses.replace(base, defaults=defaults, **options)
+
+
+class YoloRepository(ModelRepository):
+    """KServe's model registry, backed by `--model_dir`: the V2 repository extension's load
+    reads a model from disk and warms it before it is registered; unload frees it."""
+
+    def __init__(
+        self, model_dir: str | Path, default_name: str, base: ServingOptions, max_loaded: int
+    ) -> None:
+        super().__init__(str(model_dir))
+        self.root = Path(model_dir)
+        self.default_name = default_name
+        self.base = base
+        self.max_loaded = max_loaded
+        self._lock = asyncio.Lock()
+
+    def entries(self) -> list[ModelEntry]:
+        return discover(self.root, self.default_name, self.base)
+
+    def entry(self, name: str) -> ModelEntry:
+        if self.root.is_file() or _checkpoints(self.root):
+            if name != self.default_name:
+                raise ModelNotFound(name)
+            return self.entries()[0]
+        return model_entry(self.root, name, self.base)
+
+    def load_entry(self, entry: ModelEntry) -> YoloV5Model:
+        """Build, load and warm a model, then register it (replacing an older one)."""
+        if entry.name not in self.models and len(self.models) >= self.max_loaded:
+            raise CheckpointError(
+                f"cannot load {entry.name!r}: {len(self.models)} models are loaded, "
+                f"--max_loaded_models={self.max_loaded}; unload one first"
+            )
+        model = YoloV5Model(entry.name, entry.versions)
+        model.load()
+        previous = self.models.get(entry.name)
+        self.update(model)
+        if previous is not None:
+            previous.stop()
+            _release_memory()
+        return model
+
+    async def load(self, name: str) -> bool:
+        async with self._lock:
+            entry = await asyncio.to_thread(self.entry, name)
+            await asyncio.to_thread(self.load_entry, entry)
+        return True
+
+    def unload(self, name: str) -> None:
+        super().unload(name)
+        _release_memory()
+        logger.info("unloaded %s", name)
+
+
+def _release_memory() -> None:
+    """Hand freed model memory back to the system (and the GPU) right away."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
