@@ -127,6 +127,7 @@ class YoloV5Model(Model):
         self.versions: dict[str, LoadedVersion] = {}
         threads = max(spec.options.decode_threads for spec in versions)
         self._decode_pool = ThreadPoolExecutor(threads, f"decode-{name}")
+        self._admission = asyncio.Semaphore(1)  # sized at load, from the streams
 
     def load(self) -> bool:
         try:
@@ -135,6 +136,10 @@ class YoloV5Model(Model):
         except BaseException:
             self.stop()
             raise
+        # Requests past what the streams can use wait here, before decoding: decoding far
+        # ahead of inference only takes CPU and memory from it.
+        capacity = sum(v.scheduler.capacity for v in self.versions.values())
+        self._admission = asyncio.Semaphore(2 * capacity)
         self.ready = True
         return self.ready
 
@@ -160,7 +165,8 @@ class YoloV5Model(Model):
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, **kwargs: Any):
         outcome = "error"
         try:
-            response = await super().__call__(body, headers=headers, **kwargs)
+            async with self._admission:
+                response = await super().__call__(body, headers=headers, **kwargs)
             outcome = "ok"
             return response
         except InvalidInput:

@@ -196,6 +196,11 @@ class Scheduler:
             observe,
         )
 
+    @property
+    def capacity(self) -> int:
+        """Images the streams can work on at once."""
+        return self.parallelism.streams * self.max_batch_size
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
