@@ -1,89 +1,48 @@
-"""Start the real `python -m predictor` server on free loopback ports for tests."""
+"""The real `python -m predictor` on free loopback ports, for tests."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from predictor.bench.server import LocalServer, serve
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
 class Server:
-    http_url: str  # http://127.0.0.1:PORT
-    grpc_target: str  # 127.0.0.1:PORT
-    process: subprocess.Popen
+    local: LocalServer
     model_name: str = "yolov5"
 
     @property
-    def http_host(self) -> str:
-        return self.http_url.removeprefix("http://")
+    def http_url(self) -> str:  # http://127.0.0.1:PORT
+        return f"http://{self.local.http}"
 
+    @property
+    def http_host(self) -> str:  # 127.0.0.1:PORT, as tritonclient.http takes it
+        return self.local.http
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    @property
+    def grpc_target(self) -> str:
+        return self.local.grpc
+
+    @property
+    def process(self):
+        return self.local.process
+
+    @property
+    def log(self) -> Path:
+        return self.local.log
 
 
 @contextlib.contextmanager
 def running_server(
     model_dir: Path, *args: str, model_name: str = "yolov5", timeout: float = 120
 ) -> Iterator[Server]:
-    http_port, grpc_port = free_port(), free_port()
-    log = open(model_dir.parent / f"server-{http_port}.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "predictor",
-            "--model_dir",
-            str(model_dir),
-            "--model_name",
-            model_name,
-            "--http_port",
-            str(http_port),
-            "--grpc_port",
-            str(grpc_port),
-            "--cache_dir",
-            str(model_dir.parent / "export-cache"),
-            *args,
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    server = Server(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process, model_name)
-    try:
-        _wait_ready(server, timeout, Path(log.name))
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-def _wait_ready(server: Server, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    url = f"{server.http_url}/v2/models/{server.model_name}/ready"
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {server.process.returncode}:\n{log.read_text()}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"server not ready after {timeout}s:\n{log.read_text()}")
+    """Serve `model_dir`; the log and the export cache go beside it, not into the repo."""
+    cache = ("--cache_dir", str(model_dir.parent / "export-cache"))
+    with serve(model_dir, model_name, [*cache, *args], timeout, log_dir=model_dir.parent) as local:
+        yield Server(local, model_name)

@@ -171,12 +171,12 @@ def test_server_still_serves_after_the_fuzzing(server: Server) -> None:
 # -- observability ---------------------------------------------------------------------
 
 
-def test_request_id_is_returned_and_logged(server: Server, model_dir: Path) -> None:
+def test_request_id_is_returned_and_logged(server: Server) -> None:
     response = infer(server, v2_body(jpeg()), headers={"x-request-id": "req-42"})
     assert response.headers["x-request-id"] == "req-42"
     generated = infer(server, v2_body(jpeg())).headers["x-request-id"]
     assert len(generated) == 32
-    log = (model_dir.parent / f"server-{server.http_url.rsplit(':', 1)[1]}.log").read_text()
+    log = server.log.read_text()
     entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     access = [e for e in entries if e.get("request_id") == "req-42"]
     assert access and access[0]["status"] == 200 and access[0]["path"].endswith("/infer")

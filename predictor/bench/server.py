@@ -1,4 +1,5 @@
-"""Start `python -m predictor` on free loopback ports for the benchmark, and stop it."""
+"""Start `python -m predictor` on free loopback ports (for the benchmark and the tests),
+wait until its model is ready, and stop it."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ import httpx
 class LocalServer:
     http: str  # host:port
     grpc: str  # host:port
-    pid: int
+    process: subprocess.Popen
     log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 def free_port() -> int:
@@ -31,10 +36,18 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(
-    model_path: Path, model_name: str, args: Sequence[str], timeout: float = 600
+    model_path: Path,
+    model_name: str,
+    args: Sequence[str],
+    timeout: float = 600,
+    log_dir: Path | None = None,
 ) -> Iterator[LocalServer]:
+    """The server's output goes to `log_dir/server-<http port>.log` (default: a temp file)."""
     http_port, grpc_port = free_port(), free_port()
-    log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
+    if log_dir is None:
+        log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
+    else:
+        log = log_dir / f"server-{http_port}.log"
     command = [
         sys.executable,
         "-m",
@@ -51,7 +64,7 @@ def serve(
     ]
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        server = LocalServer(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process.pid, log)
+        server = LocalServer(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process, log)
         try:
             _wait_ready(server, process, model_name, timeout)
             yield server
