@@ -87,9 +87,10 @@ def annotate(image: np.ndarray, detections: list[Detection]) -> np.ndarray:
         scale = thickness / 3
         (w, h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         top = max(y1 - h - baseline, 0)
-        cv2.rectangle(canvas, (x1, top), (x1 + w, top + h + baseline), colour, -1)
+        left = max(min(x1, canvas.shape[1] - w), 0)  # keep the label inside the image
+        cv2.rectangle(canvas, (left, top), (left + w, top + h + baseline), colour, -1)
         cv2.putText(
-            canvas, text, (x1, top + h), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+            canvas, text, (left, top + h), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
             thickness, cv2.LINE_AA,
         )  # fmt: skip
     return canvas
