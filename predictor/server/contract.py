@@ -30,7 +30,6 @@ OUTPUTS: dict[str, tuple[str, list[int]]] = {
     "classes": ("INT32", [-1, -1]),
     "labels": ("BYTES", [-1, -1]),
 }
-PARAMETERS = ("conf_threshold", "iou_threshold", "max_det", "classes", "agnostic_nms")
 
 # An image as it arrives: encoded bytes, or an HxWx3 RGB uint8 array.
 ImageInput = bytes | np.ndarray
