@@ -9,7 +9,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 from kserve import model_server
-from kserve.errors import ModelNotFound
+from kserve.errors import ModelNotFound, ModelNotReady
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
@@ -51,30 +51,37 @@ def extend(server: ModelServer, limits: Limits) -> None:
         version = model(model_name).version(model_version)
         return {"name": model_name, "version": version.version, "labels": version.names}
 
-    async def version_ready(model_name: str, model_version: str) -> dict[str, Any]:
+    async def ready(model_name: str, model_version: str | None = None) -> dict[str, Any]:
         served = model(model_name)
         served.version(model_version)
-        return {"name": model_name, "ready": served.ready}
+        if not served.ready:
+            raise ModelNotReady(model_name)
+        return {"name": model_name, "ready": True}
 
-    async def version_infer(
+    async def infer(
         raw_request: Request,
         raw_response: Response,
         model_name: str,
-        model_version: str,
         request_body: InferenceRequest | bytes,
+        model_version: str | None = None,
     ) -> Any:
-        model(model_name).version(model_version)
-        endpoints = V2Endpoints(_VersionedDataPlane(server.dataplane, model_version))
-        return await endpoints.infer(raw_request, raw_response, model_name, request_body)
+        """kserve's V2 infer, with the version from the path or a `model_version` query."""
+        dataplane: Any = server.dataplane
+        if model_version:
+            model(model_name).version(model_version)
+            dataplane = _VersionedDataPlane(dataplane, model_version)
+        return await V2Endpoints(dataplane).infer(
+            raw_request, raw_response, model_name, request_body
+        )
 
     prefix = "/v2/models/{model_name}"
     versioned = prefix + "/versions/{model_version}"
-    app.add_api_route(prefix, metadata, methods=["GET"])
-    app.add_api_route(prefix + "/labels", labels, methods=["GET"])
-    app.add_api_route(versioned, metadata, methods=["GET"])
-    app.add_api_route(versioned + "/labels", labels, methods=["GET"])
-    app.add_api_route(versioned + "/ready", version_ready, methods=["GET"])
-    app.add_api_route(versioned + "/infer", version_infer, methods=["POST"], response_model=None)
+    # Registered before kserve's own routes, so these answer (kserve's give 501 for versions).
+    for path in (prefix, versioned):
+        app.add_api_route(path, metadata, methods=["GET"])
+        app.add_api_route(path + "/labels", labels, methods=["GET"])
+        app.add_api_route(path + "/ready", ready, methods=["GET"])
+        app.add_api_route(path + "/infer", infer, methods=["POST"], response_model=None)
 
 
 class _VersionedDataPlane:
