@@ -13,7 +13,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from . import checks, gateway_api, kserve_rules, kube_schema, tools
+from . import checks, kserve_rules, kube_schema, tools, validate
 from .cases import CASE_IDS, CASES, Case
 
 pytestmark = pytest.mark.usefixtures("helm")
@@ -164,20 +164,8 @@ def test_rendered_objects_are_valid(case: Case) -> None:
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == case.kinds, kinds
     isvc_names = {o["metadata"]["name"] for o in tools.by_kind(objects, "InferenceService")}
-    for obj in objects:
-        assert obj["metadata"]["namespace"] == "models"
-        if obj["kind"] == "HTTPRoute":
-            errors = gateway_api.route_errors(obj, isvc_names)
-            assert not errors, "HTTPRoute:\n" + "\n".join(errors)
-        elif obj["kind"] == "InferenceService":
-            errors = kube_schema.isvc_errors(obj)
-            assert not errors, "KServe CRD schema:\n" + "\n".join(errors)
-            errors = kube_schema.core_errors(kube_schema.predictor_pod(obj))
-            assert not errors, "predictor pod spec:\n" + "\n".join(errors)
-            checks.assert_admissible(obj, case.knative_flags)
-        else:
-            errors = kube_schema.core_errors(obj)
-            assert not errors, f"{obj['kind']}:\n" + "\n".join(errors)
+    assert all(obj["metadata"]["namespace"] == "models" for obj in objects)
+    validate.assert_valid(objects, isvc_names, case.knative_flags)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)

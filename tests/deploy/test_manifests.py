@@ -10,7 +10,7 @@ import pytest
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from . import checks, gateway_api, kube_schema, tools
+from . import checks, tools, validate
 
 
 @dataclass(frozen=True)
@@ -87,21 +87,9 @@ def test_objects_are_valid(path: Path) -> None:
     isvc_names = {o["metadata"]["name"] for o in tools.by_kind(_objects(d), "InferenceService")}
     for obj in docs:
         assert "namespace" not in obj["metadata"], "leave the namespace to `kubectl apply -n`"
-        if obj["kind"] == "HTTPRoute":
-            errors = gateway_api.route_errors(obj, isvc_names)
-            assert not errors, "HTTPRoute:\n" + "\n".join(errors)
-        elif obj["kind"] == "InferenceService":
-            errors = kube_schema.isvc_errors(obj)
-            assert not errors, "KServe CRD schema:\n" + "\n".join(errors)
-            errors = kube_schema.core_errors(kube_schema.predictor_pod(obj))
-            assert not errors, "predictor pod spec:\n" + "\n".join(errors)
-            checks.assert_admissible(
-                obj, d.knative_flags if d.cloud is None else _GPU_KNATIVE_FLAGS
-            )
-        else:
-            assert obj["kind"] == "ServiceAccount", obj["kind"]
-            errors = kube_schema.core_errors(obj)
-            assert not errors, "\n".join(errors)
+        assert obj["kind"] in ("InferenceService", "ServiceAccount", "HTTPRoute"), obj["kind"]
+    knative_flags = d.knative_flags if d.cloud is None else _GPU_KNATIVE_FLAGS
+    validate.assert_valid(docs, isvc_names, knative_flags)
 
 
 @pytest.mark.parametrize("d", DIRS, ids=DIR_IDS)
