@@ -235,3 +235,20 @@ def test_loads_are_bounded(server: Server, repository: Path) -> None:
             for file in path.iterdir():
                 file.unlink()
             path.rmdir()
+
+
+@pytest.mark.parametrize("name", ["%2E%2E", ".hidden"])
+def test_load_stays_inside_the_repository(server: Server, repository: Path, name: str) -> None:
+    outside = repository.parent / "outside.pt"  # would be found through ".." without the check
+    save_responsive_checkpoint(outside, nc=1, names=["thing"])
+    (repository / ".hidden").mkdir(exist_ok=True)
+    save_responsive_checkpoint(repository / ".hidden" / "m.pt", nc=1, names=["thing"])
+    try:
+        response = httpx.post(f"{server.http_url}/v2/repository/models/{name}/load", timeout=60)
+        assert response.status_code != 200, response.text
+        listed = httpx.get(f"{server.http_url}/v2/models").json()["models"]
+        assert sorted(listed) == ["legacy", "shapes", "traffic"]
+    finally:
+        outside.unlink()
+        (repository / ".hidden" / "m.pt").unlink()
+        (repository / ".hidden").rmdir()

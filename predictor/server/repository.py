@@ -53,7 +53,7 @@ def discover(model_dir: str | Path, default_name: str, base: ServingOptions) -> 
         return [ModelEntry(default_name, [ModelVersion(DEFAULT_VERSION, root, base)])]
     if not root.is_dir():
         raise CheckpointError(f"--model_dir {root}: no such directory")
-    if _checkpoints(root):
+    if _holds_one_model(root):
         options = _with_config(root, base)
         return [ModelEntry(default_name, [_version(root, DEFAULT_VERSION, options)])]
     entries = [
@@ -71,6 +71,8 @@ def discover(model_dir: str | Path, default_name: str, base: ServingOptions) -> 
 
 def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
     """The model `name` as the repository holds it now (read again on every load)."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise ModelNotFound(name)  # only plain directory names inside the repository
     directory = root / name
     if not directory.is_dir():
         raise CheckpointError(f"model {name!r}: no directory {directory}")
@@ -90,6 +92,11 @@ def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
         name,
         [_version(path, str(n), _with_config(path, options)) for n, path in numbered],
     )
+
+
+def _holds_one_model(root: Path) -> bool:
+    """A checkpoint file, or a directory with a checkpoint of its own (not a repository)."""
+    return root.is_file() or bool(_checkpoints(root))
 
 
 def _checkpoints(directory: Path) -> list[Path]:
@@ -165,7 +172,7 @@ class YoloRepository(ModelRepository):
         return discover(self.root, self.default_name, self.base)
 
     def entry(self, name: str) -> ModelEntry:
-        if self.root.is_file() or _checkpoints(self.root):
+        if _holds_one_model(self.root):
             if name != self.default_name:
                 raise ModelNotFound(name)
             return self.entries()[0]
