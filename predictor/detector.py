@@ -193,21 +193,14 @@ class Detector:
     def detect(
         self, images_bgr: Sequence[np.ndarray], settings: DetectionSettings | None = None
     ) -> list[Detections]:
-        """Detect objects in BGR images (as `cv2.imread` returns them)."""
+        """Detect objects in BGR images (as `cv2.imread` returns them); images of equal
+        input shape share a forward pass."""
+        settings = settings or DetectionSettings()
         prepared = [self.prepare(image) for image in images_bgr]
-        return self.detect_prepared(prepared, settings or DetectionSettings())
-
-    def detect_prepared(
-        self,
-        prepared: Sequence[PreparedImage],
-        settings: DetectionSettings,
-        engine: Engine | None = None,
-    ) -> list[Detections]:
-        """Forward and postprocess prepared images; images of equal input shape share a batch."""
         results: list[Detections | None] = [None] * len(prepared)
         for indices in _group_by_shape(prepared):
             group = [prepared[i] for i in indices]
-            raw = self.forward(stack_batch(group), engine)
+            raw = self.forward(stack_batch(group))
             for i, result in zip(indices, self.postprocess(raw, group, settings), strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
