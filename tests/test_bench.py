@@ -3,6 +3,7 @@ in-process pipeline, checks detections, writes JSON and a PNG (behaviour, never 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -159,6 +160,31 @@ def test_targets_are_the_issue_ratios() -> None:
     overload = found["grpc: images/s @64 / @8 clients"]
     assert overload["ratio"] == pytest.approx(23.0 / 24.0, abs=1e-3)
     assert overload["met"] is False, "an error at 64 clients fails the target"
+
+
+class FixedLatency(load.Transport):
+    """An endpoint that answers every request after exactly `latency` seconds."""
+
+    protocol = "fixed"
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+
+    async def send(self, index: int) -> bytes:
+        await asyncio.sleep(self.latency)
+        return b""
+
+
+def test_closed_loop_throughput_is_clients_over_latency() -> None:
+    """With 4 clients and 0.4 s per request the endpoint completes 10 requests/s, however
+    long each request takes compared with the window (requests in flight when it opens
+    count where they complete)."""
+    result = asyncio.run(
+        load.run_level(FixedLatency(0.4), 4, 1, duration=1.6, requests=None, warmup=0.2)
+    )
+    assert result.throughput == pytest.approx(10.0, rel=0.1)
+    assert result.errors == 0
+    assert result.percentile(50) == pytest.approx(400, rel=0.1)
 
 
 def test_default_images(monkeypatch, tmp_path) -> None:

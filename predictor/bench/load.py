@@ -310,7 +310,12 @@ async def run_level(
     rss: Callable[[], Awaitable[float | None]] | None = None,
 ) -> LevelResult:
     """`concurrency` closed-loop clients; measured over `duration` seconds after `warmup`
-    seconds of the same load, or over exactly `requests` requests."""
+    seconds of the same load, or over exactly `requests` requests.
+
+    In duration mode a request counts where it completes: throughput is the completions
+    inside the window over its length. Counting only requests that also started inside it
+    would drop one latency's worth of completions at the window's start (at 64 clients
+    and 2.8 s per request, 14% of a 20 s window)."""
     samples: list[Sample] = []
     errors: list[str] = []
     counter = iter(range(1 << 62))
@@ -365,7 +370,7 @@ async def run_level(
         window = samples
         seconds = ended_at - began_at
     else:
-        window = [s for s in samples if s.started >= window_start and s.finished <= window_end]
+        window = [s for s in samples if window_start <= s.finished <= window_end]
         seconds = duration or 0.0
         cpu *= seconds / max(ended_at - began_at, 1e-9)
     good = [s for s in window if s.ok]
