@@ -76,11 +76,11 @@ class PreparedImage:
 
 
 def stack_batch(images: Sequence[PreparedImage]) -> np.ndarray:
-    """N x 3 x H x W float32 from images of one input shape; the same values (bit for bit)
-    as stacking each image's `tensor`, in one pass."""
-    pixels = np.stack([image.pixels for image in images])  # N x H x W x 3 BGR
-    chw_rgb = pixels.transpose(0, 3, 1, 2)[:, ::-1]
-    return np.ascontiguousarray(chw_rgb, dtype=np.float32) / 255.0
+    """N x 3 x H x W float32 from images of one input shape (each image's `tensor`)."""
+    batch = np.empty((len(images), 3, *images[0].pixels.shape[:2]), np.float32)
+    for image, out in zip(images, batch, strict=True):
+        to_network_layout(image.pixels, out)
+    return batch
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from predictor.imaging import (
     PAD_COLOUR,
@@ -130,6 +131,18 @@ def test_to_network_layout_is_rgb_chw_in_unit_range() -> None:
     np.testing.assert_allclose(tensor[:, 0, 0], np.array([30, 20, 10]) / 255, rtol=1e-6)
     np.testing.assert_allclose(tensor[:, 1, 2], np.array([114, 0, 255]) / 255, rtol=1e-6)
     assert tensor.min() >= 0.0 and tensor.max() <= 1.0
+
+
+def test_to_network_layout_divides_like_yolov5() -> None:
+    """YOLOv5 feeds `uint8.float() / 255`: every pixel value must give that float32 exactly
+    (multiplying by 1/255 instead is off by one ulp for some values)."""
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    image = np.stack([values, 255 - values, values[::-1]], axis=2)  # B, G, R planes
+    expected = torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255
+    tensor = to_network_layout(image)
+    assert np.array_equal(tensor.view(np.uint32), expected.numpy().view(np.uint32))
+    into = np.full((3, 16, 16), np.nan, np.float32)
+    assert to_network_layout(image, into) is into and np.array_equal(into, tensor)
 
 
 # --- mapping boxes back -----------------------------------------------------------------------
