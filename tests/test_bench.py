@@ -162,6 +162,21 @@ def test_targets_are_the_issue_ratios() -> None:
     assert overload["met"] is False, "an error at 64 clients fails the target"
 
 
+def test_overload_target_needs_no_in_process_run() -> None:
+    report = cli.Report()
+    report.levels = [_level("rest", 8, 20.0, 400.0), _level("rest", 64, 19.5, 3200.0)]
+    [entry] = cli.targets(report)
+    assert entry["name"] == "rest: images/s @64 / @8 clients" and entry["met"] is True
+
+
+@pytest.mark.parametrize(("detections", "met"), [(12, True), (0, None)])
+def test_detection_check_proves_nothing_without_detections(detections, met) -> None:
+    report = cli.Report()
+    report.check = {"images": 2, "detections": detections, "equal": True}
+    [entry] = cli.targets(report) or [None]
+    assert entry is not None and entry["met"] is met
+
+
 class FixedLatency(load.Transport):
     """An endpoint that answers every request after exactly `latency` seconds."""
 
