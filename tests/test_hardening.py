@@ -233,6 +233,66 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(model_dir: Path) -> None
         assert server.process.wait(timeout=60) == 0
 
 
+def run_with_kserve(script: str) -> None:
+    """Run `script` in a child process: kserve's and tritonclient's V2 protos cannot share
+    one, and tritonclient is imported in this one."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+
+
+def test_a_draining_model_is_not_loaded_again(model_dir: Path) -> None:
+    """kserve's DataPlane.get_model calls load(), on the event loop, on a model that is not
+    ready: ours while it drains for shutdown. That must not build a second set of engines
+    (seconds of a blocked event loop, threads and memory never freed) nor undo the drain."""
+    run_with_kserve(
+        f"""
+import asyncio, threading
+from pathlib import Path
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
+from predictor.server.model import ModelVersion, ServingOptions, YoloV5Model
+
+spec = ModelVersion("1", Path({str(model_dir / "model.pt")!r}), ServingOptions(img_size=64))
+model = YoloV5Model("m", [spec])
+model.load()
+loaded, threads = model.versions["1"], threading.active_count()
+model.ready = False  # SIGTERM received
+repository = ModelRepository()
+repository.update(model)
+assert asyncio.run(DataPlane(repository).get_model("m")) is model
+assert model.versions["1"] is loaded, "loaded again"
+assert threading.active_count() == threads and not model.ready
+print("ok")
+"""
+    )
+
+
+def test_grpc_reports_a_model_that_is_not_ready_as_unavailable() -> None:
+    run_with_kserve(
+        """
+import asyncio
+from grpc import StatusCode
+from kserve.errors import ModelNotReady
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+from predictor.server import kserve_fixes
+
+class Context:
+    async def abort(self, code, details):
+        self.aborted = (code, details)
+
+kserve_fixes.apply()
+context = Context()
+asyncio.run(
+    ExceptionToStatusInterceptor().handle_exception(ModelNotReady("m"), None, context, "Infer")
+)
+assert context.aborted == (StatusCode.UNAVAILABLE, "Model with name m is not ready."), context
+print("ok")
+"""
+    )
+
+
 class _Exploit:
     def __init__(self, marker: Path) -> None:
         self.marker = marker

@@ -10,11 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
+from predictor import protowire
 from predictor.checkpoint import save_checkpoint
 from predictor.runtime.architecture import build_model, yolov5_spec
 from tests.serving import REPO, Server, running_server
@@ -210,8 +213,12 @@ def test_a_broken_model_leaves_the_others_serving(server: Server, repository: Pa
     (broken / "model.pt").write_bytes(b"definitely not a checkpoint")
     try:
         response = httpx.post(f"{server.http_url}/v2/repository/models/broken/load", timeout=60)
-        assert 400 <= response.status_code < 600 and response.status_code != 200
-        assert "not a readable PyTorch checkpoint" in response.text
+        assert response.status_code == 400, response.text
+        assert "not a readable PyTorch checkpoint" in response.json()["error"]
+        with pytest.raises(InferenceServerException) as raised:
+            grpcclient.InferenceServerClient(server.grpc_target).load_model("broken")
+        assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "not a readable PyTorch checkpoint" in raised.value.message()
         assert httpx.get(f"{server.http_url}/v2/models/broken/ready").status_code == 404
         for model in ("shapes", "legacy", "traffic"):
             assert outputs(infer(server, model))["num_detections"][0] > 0
@@ -228,7 +235,7 @@ def test_loads_are_bounded(server: Server, repository: Path) -> None:
         first = httpx.post(f"{server.http_url}/v2/repository/models/extra0/load", timeout=120)
         assert first.status_code == 200, first.text
         second = httpx.post(f"{server.http_url}/v2/repository/models/extra1/load", timeout=120)
-        assert second.status_code != 200 and "--max_loaded_models=4" in second.text
+        assert second.status_code == 400 and "--max_loaded_models=4" in second.text
     finally:
         httpx.post(f"{server.http_url}/v2/repository/models/extra0/unload", timeout=60)
         for path in extra:
@@ -245,10 +252,39 @@ def test_load_stays_inside_the_repository(server: Server, repository: Path, name
     save_responsive_checkpoint(repository / ".hidden" / "m.pt", nc=1, names=["thing"])
     try:
         response = httpx.post(f"{server.http_url}/v2/repository/models/{name}/load", timeout=60)
-        assert response.status_code != 200, response.text
+        assert response.status_code == 404, response.text
         listed = httpx.get(f"{server.http_url}/v2/models").json()["models"]
         assert sorted(listed) == ["legacy", "shapes", "traffic"]
     finally:
         outside.unlink()
         (repository / ".hidden" / "m.pt").unlink()
         (repository / ".hidden").rmdir()
+
+
+def test_grpc_clients_load_and_unload(server: Server, repository: Path) -> None:
+    """tritonclient's repository calls, as a gRPC-only client (or Triton tooling) makes them."""
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    extra = repository / "extra_grpc"
+    save_responsive_checkpoint(extra / "m.pt", nc=1, names=["thing"])
+    listed = f"{server.http_url}/v2/models"
+    try:
+        client.load_model("extra_grpc")
+        assert client.is_model_ready("extra_grpc")
+        client.unload_model("extra_grpc")
+        assert "extra_grpc" not in httpx.get(listed).json()["models"]
+        # kserve's own proto numbers the model name 1 (Triton's: 2)
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            for method in ("RepositoryModelLoad", "RepositoryModelUnload"):
+                call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+                call(protowire.field(1, b"extra_grpc"), timeout=120)
+                loaded = "extra_grpc" in httpx.get(listed).json()["models"]
+                assert loaded == (method == "RepositoryModelLoad")
+    finally:
+        (extra / "m.pt").unlink()
+        extra.rmdir()
+    for call in (client.load_model, client.unload_model):
+        with pytest.raises(InferenceServerException) as raised:
+            call("nosuch")
+        assert raised.value.status() == "StatusCode.NOT_FOUND", raised.value
+    assert httpx.post(f"{server.http_url}/v2/repository/models/nosuch/load").status_code == 404
+    assert httpx.post(f"{server.http_url}/v2/repository/models/nosuch/unload").status_code == 404

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import protowire
+
 OUTPUTS = ("num_detections", "boxes", "scores", "classes", "labels")
 GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -76,15 +78,17 @@ class LevelResult:
 def grpc_request(model: str, images: Sequence[bytes]) -> bytes:
     """A serialised V2 ModelInferRequest carrying `images` as one BYTES [N] tensor.
 
-    Encoded by hand (see `_field`): importing either copy of the V2 protos would break the
-    other in the same process (kserve's and tritonclient's both declare `inference.*`), and
-    importing kserve parses this command's flags as its own.
+    Encoded by hand (`predictor.protowire`): importing either copy of the V2 protos would
+    break the other in the same process (kserve's and tritonclient's both declare
+    `inference.*`), and importing kserve parses this command's flags as its own.
     """
     raw = b"".join(struct.pack("<I", len(image)) + image for image in images)
     tensor = (
-        _field(1, b"image") + _field(2, b"BYTES") + _field(3, _varint(len(images)))  # shape
+        protowire.field(1, b"image")
+        + protowire.field(2, b"BYTES")
+        + protowire.field(3, protowire.varint(len(images)))  # shape
     )
-    return _field(1, model.encode()) + _field(5, tensor) + _field(7, raw)
+    return protowire.field(1, model.encode()) + protowire.field(5, tensor) + protowire.field(7, raw)
 
 
 def rest_request(images: Sequence[bytes]) -> tuple[bytes, dict[str, str]]:
@@ -126,10 +130,10 @@ def parse_grpc(response: bytes) -> list[Detections]:
     """The numeric outputs of a serialised ModelInferResponse (outputs = field 5, their raw
     contents = field 6, in the same order)."""
     outputs, contents = [], []
-    for number, value in _fields(response):
+    for number, value in protowire.fields(response):
         if number == 5:
-            tensor = dict(_fields(value))  # 1 name, 2 datatype, 3 packed shape
-            shape = list(_varints(tensor.get(3, b"")))
+            tensor = dict(protowire.fields(value))  # 1 name, 2 datatype, 3 packed shape
+            shape = list(protowire.varints(tensor.get(3, b"")))
             outputs.append((tensor[1].decode(), tensor[2].decode(), shape))
         elif number == 6:
             contents.append(value)
@@ -139,66 +143,6 @@ def parse_grpc(response: bytes) -> list[Detections]:
             dtype = np.dtype(_NUMPY_TYPES[datatype]).newbyteorder("<")
             arrays[name] = np.frombuffer(raw, dtype).reshape(shape)
     return _detections(arrays.get)
-
-
-# Protocol buffers wire format, just what the two messages above need: length-delimited
-# fields (wire type 2) and varints (type 0). https://protobuf.dev/programming-guides/encoding/
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, position
-
-
-def _varints(data: bytes) -> list[int]:
-    values, position = [], 0
-    while position < len(data):
-        value, position = _read_varint(data, position)
-        values.append(value)
-    return values
-
-
-def _fields(data: bytes) -> list[tuple[int, bytes]]:
-    """(field number, bytes) of each length-delimited field; other wire types skipped."""
-    fields, position = [], 0
-    while position < len(data):
-        key, position = _read_varint(data, position)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 2:
-            length, position = _read_varint(data, position)
-            fields.append((number, data[position : position + length]))
-            position += length
-        elif wire_type == 0:
-            _, position = _read_varint(data, position)
-        elif wire_type == 1:
-            position += 8
-        elif wire_type == 5:
-            position += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire_type}")
-    return fields
 
 
 def parse_rest(body: bytes, header_length: str | None) -> list[Detections]:

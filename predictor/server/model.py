@@ -130,6 +130,10 @@ class YoloV5Model(Model):
         self._admission = asyncio.Semaphore(1)  # sized at load, from the streams
 
     def load(self) -> bool:
+        # Once: kserve's DataPlane.get_model calls load() again, on the event loop, for a
+        # model that is not ready, which ours is while it drains for shutdown.
+        if self.versions:
+            return self.ready
         try:
             for spec in self.specs.values():
                 self.versions[spec.version] = LoadedVersion(self.name, spec)

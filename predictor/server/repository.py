@@ -75,7 +75,7 @@ def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
         raise ModelNotFound(name)  # only plain directory names inside the repository
     directory = root / name
     if not directory.is_dir():
-        raise CheckpointError(f"model {name!r}: no directory {directory}")
+        raise ModelNotFound(name)
     options = _with_config(directory, base)
     if _checkpoints(directory):
         return ModelEntry(name, [_version(directory, DEFAULT_VERSION, options)])
