@@ -164,6 +164,17 @@ def test_grpc_selects_a_version(server: Server) -> None:
     np.testing.assert_allclose(scores["1"].ravel(), expected, atol=1e-5)
 
 
+def test_grpc_readiness_and_metadata_know_versions(server: Server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    assert client.is_model_ready("traffic", "2") and client.is_model_ready("traffic")
+    assert client.get_model_metadata("traffic", "1").versions == ["1", "2"]
+    for call in (client.is_model_ready, client.get_model_metadata):
+        with pytest.raises(InferenceServerException) as raised:
+            call("traffic", "9")
+        assert raised.value.status() == "StatusCode.NOT_FOUND", raised.value
+        assert "traffic version 9" in raised.value.message()
+
+
 def test_per_model_metrics(server: Server) -> None:
     infer(server, "shapes")
     infer(server, "legacy")

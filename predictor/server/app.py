@@ -1,5 +1,6 @@
-"""What we add to KServe's FastAPI app: middleware, error handlers, class names and the
-model-version routes that kserve 0.21 answers with 501."""
+"""What we add to KServe's FastAPI app and gRPC servicer: middleware, error handlers, class
+names, and model versions (kserve 0.21 answers the REST version routes with 501, and its
+gRPC ModelReady and ModelMetadata ignore the version asked for)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 from kserve import model_server
 from kserve.errors import ModelNotFound, ModelNotReady
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
@@ -82,6 +85,17 @@ def extend(server: ModelServer, limits: Limits) -> None:
         app.add_api_route(path + "/labels", labels, methods=["GET"])
         app.add_api_route(path + "/ready", ready, methods=["GET"])
         app.add_api_route(path + "/infer", infer, methods=["POST"], response_model=None)
+
+    async def grpc_model_ready(_: InferenceServicer, request: Any, context: Any) -> Any:
+        served = model(request.name)
+        served.version(request.version)
+        return pb.ModelReadyResponse(ready=served.ready)
+
+    async def grpc_model_metadata(_: InferenceServicer, request: Any, context: Any) -> Any:
+        return pb.ModelMetadataResponse(**await metadata(request.name, request.version))
+
+    InferenceServicer.ModelReady = grpc_model_ready  # type: ignore[method-assign]
+    InferenceServicer.ModelMetadata = grpc_model_metadata  # type: ignore[method-assign]
 
 
 class _VersionedDataPlane:
