@@ -202,9 +202,16 @@ def test_curl_json_with_any_content_type(server: Server, images, expected, conte
     assert_matches(outputs, expected)
 
 
-def test_v1_predict(server: Server, images, expected) -> None:
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+def test_v1_predict(server: Server, images, expected, content_type) -> None:
+    """curl -d sends the form Content-Type; the body is JSON all the same."""
     body = {"instances": [{"image": {"b64": base64.b64encode(b).decode()}} for b in images]}
-    response = httpx.post(f"{server.http_url}/v1/models/yolov5:predict", json=body, timeout=60)
+    response = httpx.post(
+        f"{server.http_url}/v1/models/yolov5:predict",
+        content=json.dumps(body),
+        headers={"Content-Type": content_type},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     for prediction, want in zip(predictions, expected, strict=True):

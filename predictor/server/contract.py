@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 
@@ -90,6 +91,13 @@ def _encoded_image(item: Any, index: int) -> bytes:
         except (binascii.Error, ValueError):
             raise InvalidInput(f"input '{INPUT_NAME}'[{index}]: not valid base64") from None
     raise InvalidInput(f"input '{INPUT_NAME}'[{index}]: expected bytes or base64 text")
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"request body is not valid JSON: {error}") from None
 
 
 def images_from_v1(body: Mapping[str, Any]) -> list[bytes]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -34,6 +33,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
 from .. import protowire
+from .contract import parse_json
 
 INFERENCE_HEADER = "inference-header-content-length"
 
@@ -57,10 +57,7 @@ def decode_inference_request(
 
 def infer_request_from_bytes(body: bytes, json_length: int, model_name: str) -> InferRequest:
     """A V2 REST request: a JSON header, optionally followed by binary tensor data."""
-    try:
-        header = orjson.loads(body[:json_length])
-    except orjson.JSONDecodeError as error:
-        raise InvalidInput(f"request body is not valid JSON: {error}") from None
+    header = parse_json(body[:json_length])
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidInput("request must be a JSON object with an 'inputs' list")
     offset = json_length

@@ -186,6 +186,8 @@ class YoloV5Model(Model):
         return contract.output_metadata()
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Job:
+        if isinstance(payload, bytes):  # V1 JSON under another Content-Type (curl -d's form)
+            payload = contract.parse_json(payload)
         if isinstance(payload, InferRequest):
             version = self.version(payload.model_version)
             request, params = payload, payload.parameters
