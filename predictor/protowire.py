@@ -1,5 +1,5 @@
 """Protocol buffers wire format, just what this project reads and writes by hand:
-length-delimited fields (wire type 2) and varints (type 0), other wire types skipped.
+varints, fixed-size scalars and length-delimited fields.
 https://protobuf.dev/programming-guides/encoding/
 
 Used where importing a generated V2 message is not an option: kserve's and tritonclient's
@@ -45,22 +45,33 @@ def varints(data: bytes) -> list[int]:
     return values
 
 
-def fields(data: bytes) -> list[tuple[int, bytes]]:
-    """(field number, bytes) of each length-delimited field; other wire types skipped."""
-    found, position = [], 0
+def entries(data: bytes) -> list[tuple[int, int, bytes | int]]:
+    """(field number, wire type, value) of each field: an int for a varint, else the bytes
+    (8 for fixed64, 4 for fixed32, the payload of a length-delimited field)."""
+    found: list[tuple[int, int, bytes | int]] = []
+    position = 0
     while position < len(data):
         key, position = _read_varint(data, position)
         number, wire_type = key >> 3, key & 7
-        if wire_type == 2:
+        value: bytes | int
+        if wire_type == 0:
+            value, position = _read_varint(data, position)
+        elif wire_type in (1, 5):
+            size = 8 if wire_type == 1 else 4
+            value, position = data[position : position + size], position + size
+        elif wire_type == 2:
             length, position = _read_varint(data, position)
-            found.append((number, data[position : position + length]))
-            position += length
-        elif wire_type == 0:
-            _, position = _read_varint(data, position)
-        elif wire_type == 1:
-            position += 8
-        elif wire_type == 5:
-            position += 4
+            value, position = data[position : position + length], position + length
         else:
             raise ValueError(f"unsupported protobuf wire type {wire_type}")
+        found.append((number, wire_type, value))
     return found
+
+
+def fields(data: bytes) -> list[tuple[int, bytes]]:
+    """(field number, bytes) of each length-delimited field."""
+    return [
+        (number, value)
+        for number, wire_type, value in entries(data)
+        if wire_type == 2 and isinstance(value, bytes)
+    ]

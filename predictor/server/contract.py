@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 
+from .. import protowire
 from ..detector import Detections, DetectionSettings
 
 INPUT_NAME = "image"
@@ -140,8 +142,19 @@ def _plain(value: Any) -> Any:
     """A gRPC InferParameter's value; other values unchanged."""
     if hasattr(value, "WhichOneof"):
         field = value.WhichOneof("parameter_choice")
-        return getattr(value, field) if field else None
+        return getattr(value, field) if field else _triton_only_parameter(value)
     return value
+
+
+def _triton_only_parameter(parameter: Any) -> float | int | None:
+    """Triton's InferParameter adds `double_param = 4` and `uint64_param = 5` (tritonclient
+    sends every Python float as a double); kserve's message keeps them as unknown fields."""
+    for number, wire_type, value in protowire.entries(parameter.SerializeToString()):
+        if number == 4 and wire_type == 1:
+            return struct.unpack("<d", value)[0]  # type: ignore[arg-type]
+        if number == 5 and wire_type == 0:
+            return value
+    return None
 
 
 def _number(key: str, value: Any, kind: type) -> Any:
