@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from predictor import protowire
@@ -299,3 +300,29 @@ def test_grpc_clients_load_and_unload(server: Server, repository: Path) -> None:
         assert raised.value.status() == "StatusCode.NOT_FOUND", raised.value
     assert httpx.post(f"{server.http_url}/v2/repository/models/nosuch/load").status_code == 404
     assert httpx.post(f"{server.http_url}/v2/repository/models/nosuch/unload").status_code == 404
+
+
+def test_repository_index_lists_loaded_and_loadable_models(
+    server: Server, repository: Path
+) -> None:
+    spare = repository / "spare"
+    save_responsive_checkpoint(spare / "m.pt", nc=1, names=["thing"])
+    try:
+        rest = httpx.post(f"{server.http_url}/v2/repository/index").json()
+        states = {(row["name"], row["version"]): row["state"] for row in rest}
+        assert states[("traffic", "1")] == states[("traffic", "2")] == "READY"
+        assert states[("shapes", "1")] == "READY" and states[("spare", "")] == "UNAVAILABLE"
+        ready = httpx.post(f"{server.http_url}/v2/repository/index", json={"ready": True}).json()
+        assert ready == [row for row in rest if row["state"] == "READY"]
+        http = httpclient.InferenceServerClient(server.http_host)
+        assert http.get_model_repository_index() == rest
+        grpc_index = grpcclient.InferenceServerClient(server.grpc_target)
+        listed = grpc_index.get_model_repository_index().models
+        assert [(m.name, m.version, m.state) for m in listed] == [
+            (row["name"], row["version"], row["state"]) for row in rest
+        ]
+        bad = httpx.post(f"{server.http_url}/v2/repository/index", content=b"[1]")
+        assert bad.status_code == 400
+    finally:
+        (spare / "m.pt").unlink()
+        spare.rmdir()

@@ -10,30 +10,31 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 from kserve import model_server
-from kserve.errors import ModelNotFound, ModelNotReady
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
-from . import contract
+from . import contract, grpc_services
 from .limits import LimitExceeded, Limits
 from .model import YoloV5Model
 from .observability import RequestMiddleware
+from .repository import YoloRepository
 
 if TYPE_CHECKING:
     from kserve import ModelServer
     from kserve.protocol.dataplane import DataPlane
 
 
-def extend(server: ModelServer, limits: Limits) -> None:
+def extend(server: ModelServer, repository: YoloRepository, limits: Limits) -> None:
     app = model_server.app
     app.add_middleware(RequestMiddleware, max_body_bytes=limits.max_request_bytes)
     app.add_exception_handler(LimitExceeded, _limit_exceeded)
     app.add_exception_handler(RequestValidationError, _invalid_body)
 
     def model(name: str) -> YoloV5Model:
-        found = server.registered_models.get_model(name)
+        found = repository.get_model(name)
         if not isinstance(found, YoloV5Model):
             raise ModelNotFound(name)
         return found
@@ -96,6 +97,17 @@ def extend(server: ModelServer, limits: Limits) -> None:
 
     InferenceServicer.ModelReady = grpc_model_ready  # type: ignore[method-assign]
     InferenceServicer.ModelMetadata = grpc_model_metadata  # type: ignore[method-assign]
+
+    async def repository_index(request: Request) -> list[dict[str, str]]:
+        """Triton's repository index (kserve 0.21 has none): body `{"ready": true}` or none."""
+        body = await request.body()
+        options = contract.parse_json(body) if body.strip() else {}
+        if not isinstance(options, dict):
+            raise InvalidInput('expected a JSON object such as {"ready": true}, or no body')
+        return repository.index(ready_only=options.get("ready") is True)
+
+    app.add_api_route("/v2/repository/index", repository_index, methods=["POST"])
+    grpc_services.add_repository_index(lambda ready: repository.index(ready_only=ready))
 
 
 class _VersionedDataPlane:

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
-    app.extend(server, limits)
+    app.extend(server, repository, limits)
     if json_logs:
         configure_json_logging()  # ModelServer() re-applied KServe's text format
     server.start(models)

@@ -178,6 +178,28 @@ class YoloRepository(ModelRepository):
             return self.entries()[0]
         return model_entry(self.root, name, self.base)
 
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The V2 repository index: each loaded version READY, each model that `load` would
+        find on disk and is not loaded UNAVAILABLE."""
+        rows = []
+        for name in sorted(set(self._names_on_disk()) | set(self.models)):
+            model = self.models.get(name)
+            if isinstance(model, YoloV5Model) and model.ready:
+                rows += [
+                    {"name": name, "version": version, "state": "READY", "reason": ""}
+                    for version in model.versions
+                ]
+            elif not ready_only:
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": ""})
+        return rows
+
+    def _names_on_disk(self) -> list[str]:
+        if not self.root.is_dir():
+            return [self.default_name] if self.root.is_file() else []
+        if _holds_one_model(self.root):
+            return [self.default_name]
+        return [c.name for c in self.root.iterdir() if c.is_dir() and not c.name.startswith(".")]
+
     def load_entry(self, entry: ModelEntry) -> YoloV5Model:
         """Build, load and warm a model, then register it (replacing an older one)."""
         if entry.name not in self.models and len(self.models) >= self.max_loaded:
