@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,7 @@ import pytest
 
 from predictor.bench import cli, load, pipeline
 from predictor.bench.plot import plot
+from predictor.bench.server import LocalServer
 from tests.serving import REPO
 from tests.support import random_image
 from tests.test_backends import save_stable_checkpoint
@@ -113,6 +115,28 @@ def test_latency_rounds_alternate_in_process_and_served(
     rounds = json.loads(report.read_text())["paired_latency_p50_ms"]
     assert len(rounds) == 2 and all(row["in_process"] > 0 and row["grpc"] > 0 for row in rounds)
     assert "median of 2 back-to-back rounds" in out
+
+
+def test_a_paused_server_runs_nothing(tmp_path) -> None:
+    ticks = tmp_path / "ticks"
+    script = (
+        f"import time\nwhile True:\n    open({str(ticks)!r}, 'a').write('.')\n    time.sleep(0.01)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    server = LocalServer("", "", process, tmp_path / "log")
+    try:
+        while not ticks.exists():
+            time.sleep(0.05)
+        with server.paused():
+            time.sleep(0.2)  # a tick under way finishes
+            before = ticks.stat().st_size
+            time.sleep(0.5)
+            assert ticks.stat().st_size == before
+        time.sleep(0.5)
+        assert ticks.stat().st_size > before
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_in_process_limits_and_forward_ceiling(checkpoint, image_files, tmp_path, capsys) -> None:

@@ -10,7 +10,7 @@ import platform
 import shlex
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,24 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_in_process(args, checkpoint, payloads, cpus, report)
         endpoint_given = args.serve or args.grpc or args.url
         if endpoint_given:
-            with endpoint(args, checkpoint) as (grpc_target, http_target):
-                run_levels(args, protocols, concurrency, payloads, grpc_target, http_target, report)
+            with endpoint(args, checkpoint) as target:
+                run_levels(args, protocols, concurrency, payloads, target.grpc, target.http, report)
                 if not args.no_check and (args.serve or args.model_dir):
                     report.check = check_detections(
-                        args, checkpoint, payloads, protocols[0], grpc_target, http_target
+                        args, checkpoint, payloads, protocols[0], target.grpc, target.http
                     )
                     _print_check(report.check)
                 if args.in_process and args.latency_rounds > 0 and 1 in concurrency:
-                    run_paired_latency(
-                        args,
-                        checkpoint,
-                        payloads,
-                        cpus,
-                        protocols,
-                        grpc_target,
-                        http_target,
-                        report,
-                    )
+                    run_paired_latency(args, checkpoint, payloads, cpus, protocols, target, report)
     report.targets = targets(report)
     _print_targets(report.targets)
     if args.plot and report.levels:
@@ -293,10 +284,19 @@ def _find_checkpoint(model_dir: Path) -> Path:
     return found[0]
 
 
+@dataclass
+class Endpoint:
+    grpc: str | None  # host:port
+    http: str | None
+    # Stops the server while this process measures in-process latency (a server started
+    # here); contextlib.nullcontext for one running elsewhere.
+    paused: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+
+
 @contextlib.contextmanager
-def endpoint(args: argparse.Namespace, checkpoint: Path) -> Iterator[tuple[str | None, str | None]]:
+def endpoint(args: argparse.Namespace, checkpoint: Path) -> Iterator[Endpoint]:
     if not args.serve:
-        yield args.grpc, args.url
+        yield Endpoint(args.grpc, args.url)
         return
     from .server import serve
 
@@ -311,7 +311,7 @@ def endpoint(args: argparse.Namespace, checkpoint: Path) -> Iterator[tuple[str |
     print(f"\nstarting: python -m predictor {' '.join(server_args)}", flush=True)
     with serve(checkpoint, args.model_name, server_args) as server:
         print(f"server ready (pid {server.pid}, log {server.log})")
-        yield server.grpc, server.http
+        yield Endpoint(server.grpc, server.http, server.paused)
 
 
 # -- measurements ---------------------------------------------------------------------------
@@ -440,13 +440,14 @@ def run_paired_latency(
     payloads: list[bytes],
     cpus: int,
     protocols: list[str],
-    grpc_target: str | None,
-    http_target: str | None,
+    target: Endpoint,
     report: Report,
 ) -> None:
     """Single-image p50, in-process PyTorch (one stream on all threads) and then the server
     at 1 client, in short rounds back to back. On a shared VM the speed moves by a fifth
     from one minute to the next; two measurements minutes apart would read that as a ratio.
+    A server started here is stopped while the in-process side runs, so its idle threads
+    cannot slow the reference down.
     """
     from ..detector import Detector
 
@@ -461,12 +462,13 @@ def run_paired_latency(
     )
     print(f"  {'round':>5} {'in-process':>10} " + " ".join(f"{p:>8}" for p in protocols))
     for round_number in range(1, args.latency_rounds + 1):
-        local = pipeline.measure_pipeline(detector, payloads, 1, cpus, seconds, warmup)
+        with target.paused():
+            local = pipeline.measure_pipeline(detector, payloads, 1, cpus, seconds, warmup)
         row = {"in_process": local.percentile(50)}
         for protocol in protocols:
             level = asyncio.run(
                 _level(
-                    args, protocol, 1, requests, grpc_target, http_target, (seconds, None, warmup)
+                    args, protocol, 1, requests, target.grpc, target.http, (seconds, None, warmup)
                 )
             )
             row[protocol] = level.percentile(50)

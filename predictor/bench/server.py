@@ -4,6 +4,7 @@ wait until its model is ready, and stop it."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,15 @@ class LocalServer:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The server's process stopped (SIGSTOP) meanwhile: not one of its threads runs."""
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
 
 def free_port() -> int:
