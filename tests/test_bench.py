@@ -81,10 +81,10 @@ def test_served_endpoint_over_grpc_and_rest(checkpoint, image_files, tmp_path, c
     assert image is not None and image.shape[2] == 3 and (image < 128).any()
 
 
-def test_latency_rounds_alternate_in_process_and_served(
+def test_latency_is_sampled_alternately_in_process_and_served(
     checkpoint, image_files, tmp_path, capsys
 ) -> None:
-    report = tmp_path / "paired.json"
+    report = tmp_path / "interleaved.json"
     code = cli.main(
         [
             "--serve",
@@ -97,14 +97,16 @@ def test_latency_rounds_alternate_in_process_and_served(
             str(tmp_path / "cache"),
             "--images",
             *map(str, image_files),
+            "--protocol",
+            "grpc,rest",
             "--concurrency",
             "1",
             "--duration",
-            "1",
+            "0.5",
             "--warmup",
             "0",
-            "--latency_rounds",
-            "2",
+            "--latency_seconds",
+            "1",
             "--no_check",
             "--json",
             str(report),
@@ -112,9 +114,9 @@ def test_latency_rounds_alternate_in_process_and_served(
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    rounds = json.loads(report.read_text())["paired_latency_p50_ms"]
-    assert len(rounds) == 2 and all(row["in_process"] > 0 and row["grpc"] > 0 for row in rounds)
-    assert "median of 2 back-to-back rounds" in out
+    p50 = json.loads(report.read_text())["interleaved_p50_ms"]
+    assert set(p50) == {"in_process", "grpc", "rest"} and all(v > 0 for v in p50.values())
+    assert "(interleaved: " in out
 
 
 def test_a_paused_server_runs_nothing(tmp_path) -> None:
@@ -211,18 +213,13 @@ def test_targets_are_the_issue_ratios() -> None:
         _level("grpc", 8, 24.0, 300.0),
         _level("grpc", 64, 23.0, 2500.0, errors=1),
     ]
-    # the machine slowed down in the third round: each ratio compares like with like
-    report.paired_latency = [
-        {"in_process": 94.0, "grpc": 50.0},
-        {"in_process": 90.0, "grpc": 52.0},
-        {"in_process": 120.0, "grpc": 66.0},
-    ]
+    report.interleaved_ms = {"in_process": [90.0, 94.0, 120.0], "grpc": [50.0, 52.0, 66.0]}
     found = {entry["name"].split(" (")[0]: entry for entry in cli.targets(report)}
     throughput = found["grpc: images/s @8 clients / in-process PyTorch best"]
     assert throughput["ratio"] == pytest.approx(24.0 / 15.4, abs=1e-3)
     assert throughput["met"] is True
     latency = found["grpc: p50 @1 client / in-process PyTorch single-image p50"]
-    assert latency["ratio"] == pytest.approx(66.0 / 120.0, abs=1e-3) and latency["met"] is True
+    assert latency["ratio"] == pytest.approx(52.0 / 94.0, abs=1e-3) and latency["met"] is True
     overload = found["grpc: images/s @64 / @8 clients"]
     assert overload["ratio"] == pytest.approx(23.0 / 24.0, abs=1e-3)
     assert overload["met"] is False, "an error at 64 clients fails the target"

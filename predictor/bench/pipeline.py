@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
 
+from ..backends import Engine
 from ..detector import DetectionSettings, Detector, stack_batch
 from ..imaging import decode_image
 
@@ -62,8 +63,6 @@ def measure_pipeline(
     with `threads` intra-op threads; images/s and per-image latency over `duration`."""
     settings = settings or DetectionSettings()
     engines = [detector.backend.engine(threads, spin=streams == 1) for _ in range(streams)]
-    previous_cv2_threads = cv2.getNumThreads()
-    cv2.setNumThreads(threads if streams == 1 else 1)
     window: list[float] = []
 
     def open_window() -> None:  # runs once every stream is primed, before any is released
@@ -75,23 +74,18 @@ def measure_pipeline(
     completed = [0] * streams  # images finished inside the window
     failures: list[BaseException] = []
 
-    def run_once(engine, payload: bytes) -> None:
-        image = detector.prepare(decode_image(payload))
-        raw = detector.forward(stack_batch([image]), engine)
-        detector.postprocess(raw, [image], settings)
-
     def stream(index: int) -> None:
         engine = engines[index]
         k = index
         try:
-            run_once(engine, payloads[k % len(payloads)])  # lazy initialisation, unmeasured
+            detect_once(detector, engine, payloads[k % len(payloads)], settings)  # unmeasured
             start.wait()
             window_start, window_end = window
             while True:
                 began = time.perf_counter()
                 if began >= window_end:
                     return
-                run_once(engine, payloads[k % len(payloads)])
+                detect_once(detector, engine, payloads[k % len(payloads)], settings)
                 k += streams
                 finished = time.perf_counter()
                 if window_start <= finished <= window_end:
@@ -103,19 +97,36 @@ def measure_pipeline(
             start.abort()
 
     workers = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
-    try:
+    with cv2_threads(threads if streams == 1 else 1):
         for worker in workers:
             worker.start()
         with contextlib.suppress(threading.BrokenBarrierError):  # a stream failed to start
             start.wait()
         for worker in workers:
             worker.join()
-    finally:
-        cv2.setNumThreads(previous_cv2_threads)
     if failures:
         raise failures[0]
     flat = [value for values in latencies for value in values]
     return PipelineResult(detector.backend.name, streams, threads, duration, sum(completed), flat)
+
+
+def detect_once(
+    detector: Detector, engine: Engine, payload: bytes, settings: DetectionSettings
+) -> None:
+    """One image through the whole pipeline: decode, letterbox, forward, NMS."""
+    image = detector.prepare(decode_image(payload))
+    raw = detector.forward(stack_batch([image]), engine)
+    detector.postprocess(raw, [image], settings)
+
+
+@contextlib.contextmanager
+def cv2_threads(count: int) -> Iterator[None]:
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(count)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def measure_forward(
