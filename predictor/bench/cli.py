@@ -159,6 +159,9 @@ class Report:
     check: dict[str, object] | None = None
     targets: list[dict[str, object]] = field(default_factory=list)
 
+    def interleaved_p50(self) -> dict[str, float]:
+        return {side: float(np.percentile(ms, 50)) for side, ms in self.interleaved_ms.items()}
+
     def to_json(self) -> dict[str, object]:
         return {
             "machine": self.machine,
@@ -166,8 +169,7 @@ class Report:
             "forward_images_per_s": self.forward,
             "levels": [level.summary() for level in self.levels],
             "interleaved_p50_ms": {
-                side: round(float(np.percentile(ms, 50)), 1)
-                for side, ms in self.interleaved_ms.items()
+                side: round(p50, 1) for side, p50 in self.interleaved_p50().items()
             },
             "check": self.check,
             "targets": self.targets,
@@ -419,15 +421,7 @@ async def _level(
     window: tuple[float, int | None, float],  # seconds (or a request count), warm-up
 ) -> load.LevelResult:
     duration, count, warmup = window
-    transport: load.Transport
-    if protocol == "grpc":
-        assert grpc_target is not None
-        transport = load.GrpcTransport(
-            grpc_target, args.model_name, requests, max(1, min(args.channels, clients))
-        )
-    else:
-        assert http_target is not None
-        transport = load.RestTransport(http_target, args.model_name, requests, clients)
+    transport = _transport(args, protocol, requests, clients, grpc_target, http_target)
     rss = None
     if http_target is not None:
 
@@ -438,6 +432,24 @@ async def _level(
         return await load.run_level(transport, clients, args.batch, duration, count, warmup, rss)
     finally:
         await transport.close()
+
+
+def _transport(
+    args: argparse.Namespace,
+    protocol: str,
+    requests: list[list[bytes]],
+    clients: int,
+    grpc_target: str | None,
+    http_target: str | None,
+) -> load.Transport:
+    """A client for `clients` concurrent requests: gRPC channels (at most --channels) or
+    HTTP connections."""
+    if protocol == "grpc":
+        assert grpc_target is not None
+        channels = max(1, min(args.channels, clients))
+        return load.GrpcTransport(grpc_target, args.model_name, requests, channels)
+    assert http_target is not None
+    return load.RestTransport(http_target, args.model_name, requests, clients)
 
 
 async def interleaved_latency(
@@ -461,11 +473,7 @@ async def interleaved_latency(
     )
     engine, settings = detector.backend.engine(cpus), DetectionSettings()
     singles = [[payload] for payload in payloads]
-    transports: dict[str, load.Transport] = {}
-    if "grpc" in protocols and target.grpc is not None:
-        transports["grpc"] = load.GrpcTransport(target.grpc, args.model_name, singles, 1)
-    if "rest" in protocols and target.http is not None:
-        transports["rest"] = load.RestTransport(target.http, args.model_name, singles, 1)
+    transports = {p: _transport(args, p, singles, 1, target.grpc, target.http) for p in protocols}
     samples: dict[str, list[float]] = {"in_process": [], **{p: [] for p in transports}}
     print(
         f"\nsingle-image latency, interleaved for {args.latency_seconds:g} s: in-process "
@@ -516,13 +524,8 @@ def check_detections(
     expected = [reference.detect([decode_image(p)])[0] for p in payloads]
 
     async def served() -> list[load.Detections]:
-        transport: load.Transport
         singles = [[p] for p in payloads]
-        if protocol == "grpc" and grpc_target is not None:
-            transport = load.GrpcTransport(grpc_target, args.model_name, singles, 1)
-        else:
-            assert http_target is not None
-            transport = load.RestTransport(http_target, args.model_name, singles, 1)
+        transport = _transport(args, protocol, singles, 1, grpc_target, http_target)
         try:
             return [(await transport.parsed(i))[0] for i in range(len(payloads))]
         finally:
@@ -567,6 +570,7 @@ def _ratio_targets(report: Report) -> list[dict[str, object]]:
     clients."""
     torch_runs = [r for r in report.in_process if r.backend == "torch"]
     best = max(torch_runs, key=lambda r: r.throughput) if torch_runs else None
+    interleaved = report.interleaved_p50()
     found: list[dict[str, object]] = []
     for protocol in sorted({level.protocol for level in report.levels}):
         by_clients = {lv.concurrency: lv for lv in report.levels if lv.protocol == protocol}
@@ -582,8 +586,7 @@ def _ratio_targets(report: Report) -> list[dict[str, object]]:
                 )
             )
         if report.interleaved_ms.get(protocol):
-            local = float(np.percentile(report.interleaved_ms["in_process"], 50))
-            served = float(np.percentile(report.interleaved_ms[protocol], 50))
+            local, served = interleaved["in_process"], interleaved[protocol]
             found.append(
                 _target(
                     f"{protocol}: p50 @1 client / in-process PyTorch single-image p50 "

@@ -56,11 +56,7 @@ def discover(model_dir: str | Path, default_name: str, base: ServingOptions) -> 
     if _holds_one_model(root):
         options = _with_config(root, base)
         return [ModelEntry(default_name, [_version(root, DEFAULT_VERSION, options)])]
-    entries = [
-        model_entry(root, child.name, base)
-        for child in sorted(root.iterdir())
-        if child.is_dir() and not child.name.startswith(".")
-    ]
+    entries = [model_entry(root, name, base) for name in _model_directories(root)]
     if not entries:
         raise CheckpointError(
             f"--model_dir {root}: found no checkpoint files; put one "
@@ -92,6 +88,11 @@ def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
         name,
         [_version(path, str(n), _with_config(path, options)) for n, path in numbered],
     )
+
+
+def _model_directories(root: Path) -> list[str]:
+    """The names of a repository's models: its subdirectories, hidden ones aside."""
+    return sorted(c.name for c in root.iterdir() if c.is_dir() and not c.name.startswith("."))
 
 
 def _holds_one_model(root: Path) -> bool:
@@ -198,7 +199,7 @@ class YoloRepository(ModelRepository):
             return [self.default_name] if self.root.is_file() else []
         if _holds_one_model(self.root):
             return [self.default_name]
-        return [c.name for c in self.root.iterdir() if c.is_dir() and not c.name.startswith(".")]
+        return _model_directories(self.root)
 
     def load_entry(self, entry: ModelEntry) -> YoloV5Model:
         """Build, load and warm a model, then register it (replacing an older one)."""
