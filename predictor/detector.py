@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backends import Backend, Engine, create_backend
+from .backends import Backend, Engine, Thresholds, create_backend
 from .checkpoint import LoadedModel, load_checkpoint
 from .imaging import (
     Letterbox,
@@ -94,7 +94,9 @@ def resolve_device(name: str) -> torch.device:
 
 class Detector:
     """`backend`: "torch" (the reference, default), "onnxruntime" or "auto" (see
-    `predictor.backends`); exports are cached in `cache_dir` (None: the default directory)."""
+    `predictor.backends`); exports are cached in `cache_dir` (None: the default directory)
+    and judged by their detections at `settings` (the server's defaults). Which backend
+    serves, and why: `detector.backend.name`, `detector.backend.reason`."""
 
     def __init__(
         self,
@@ -103,6 +105,7 @@ class Detector:
         letterbox: LetterboxMode = "square",
         backend: str | Backend = "torch",
         cache_dir: str | Path | None = None,
+        settings: DetectionSettings | None = None,
     ) -> None:
         self.model = model
         self.names = model.names
@@ -115,12 +118,16 @@ class Detector:
             size = round_up_to_stride(img_size, self.stride)
             self.input_shape = (size, size)
         if isinstance(backend, str):
+            settings = settings or DetectionSettings()
             backend = create_backend(
                 model,
                 backend,
                 input_shape=self.input_shape,
                 rect=self.letterbox == "rect",
                 cache_dir=cache_dir,
+                thresholds=Thresholds(
+                    settings.conf_threshold, settings.iou_threshold, settings.max_det
+                ),
             )
         self.backend = backend
         self.device = backend.device
@@ -136,9 +143,10 @@ class Detector:
         letterbox: LetterboxMode = "square",
         backend: str = "torch",
         cache_dir: str | Path | None = None,
+        settings: DetectionSettings | None = None,
     ) -> Detector:
         model = load_checkpoint(path, resolve_device(device))
-        return cls(model, img_size, letterbox, backend, cache_dir)
+        return cls(model, img_size, letterbox, backend, cache_dir, settings)
 
     @property
     def engine(self) -> Engine:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from pathlib import Path
@@ -20,11 +21,15 @@ from predictor.backends import (
     cgroup_cpu_limit,
     create_backend,
     plan_parallelism,
+    verify,
 )
 from predictor.backends import onnxruntime_backend as ortb
 from predictor.backends.torch_backend import set_thread_count
-from predictor.backends.verify import compare
-from predictor.checkpoint import LoadedModel, load_checkpoint
+from predictor.backends.verify import Thresholds, compare_image_detections, compare_raw
+from predictor.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
+from predictor.runtime.architecture import build_model, yolov5_spec
+from predictor.runtime.detection import DetectionModel
+from predictor.training.trainer import TrainConfig, make_optimizer
 from tests.support import random_image, save_responsive_checkpoint
 
 IMG_SIZE = 128
@@ -79,8 +84,8 @@ def test_raw_outputs_match_torch_on_dynamic_batch_and_shape(checkpoint, tmp_path
     fast = Detector.load(checkpoint, "cpu", IMG_SIZE, "rect", backend="onnxruntime", cache_dir="")
     reference = Detector.load(checkpoint, "cpu", IMG_SIZE, "rect")
     batch = np.random.default_rng(0).random((3, 3, 96, 128), dtype=np.float32)
-    difference = compare(reference.forward(batch), fast.forward(batch))
-    assert difference.acceptable, difference
+    difference = compare_raw(reference.forward(batch), fast.forward(batch))
+    assert difference.boxes < 1e-4 and difference.scores < 1e-4, difference
 
 
 def test_auto_is_onnxruntime_on_cpu(checkpoint, tmp_path) -> None:
@@ -117,24 +122,162 @@ def test_export_that_differs_is_refused_or_falls_back(checkpoint, tmp_path, monk
 
     monkeypatch.setattr(ortb, "export_onnx", wrong_export)
     model = load_checkpoint(checkpoint)
-    with pytest.raises(BackendError, match="differs from PyTorch"):
+    with pytest.raises(BackendError, match=r"detections differ from PyTorch's on scene \d"):
         create_backend(model, "onnxruntime", input_shape=(IMG_SIZE, IMG_SIZE), cache_dir="")
     backend = create_backend(model, "auto", input_shape=(IMG_SIZE, IMG_SIZE), cache_dir="")
     assert backend.name == "torch"
+    assert backend.reason.startswith("onnxruntime rejected: detections differ")
+    assert "detection class" in backend.reason  # names the first differing detection
 
 
 def test_export_that_fails_to_run_falls_back(checkpoint, monkeypatch) -> None:
-    from predictor.backends import verify
-
     def broken(self, batch):
         raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions")
 
     monkeypatch.setattr(ortb.OnnxRuntimeEngine, "__call__", broken)
     model = load_checkpoint(checkpoint)
-    assert create_backend(model, "auto", input_shape=(64, 64), cache_dir="").name == "torch"
-    with pytest.raises(BackendError, match="fails on a"):
+    backend = create_backend(model, "auto", input_shape=(64, 64), cache_dir="")
+    assert backend.name == "torch" and "invalid dimensions" in backend.reason
+    with pytest.raises(BackendError, match="fails on scene 0"):
         create_backend(model, "onnxruntime", input_shape=(64, 64), cache_dir="")
-    assert verify.SCORE_TOLERANCE == 1e-4
+
+
+# -- judged by detections, on genuine-format checkpoints ---------------------------------------
+
+GENUINE_SIZE = 160
+
+
+def untrained_yolov5s() -> DetectionModel:
+    torch.manual_seed(0)
+    return build_model(yolov5_spec("s", nc=3), ["circle", "square", "triangle"])
+
+
+@pytest.fixture(scope="module")
+def train_py_last(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained yolov5s as train.py writes `last.pt` mid-training: `model` and `ema`
+    (fp16), optimizer state, EMA updates."""
+    model = untrained_yolov5s()
+    optimizer = make_optimizer(model, TrainConfig())
+    path = tmp_path_factory.mktemp("genuine") / "last.pt"
+    extra = {"optimizer": optimizer.state_dict(), "updates": 0, "opt": {"img_size": 640}}
+    save_checkpoint(path, model.train(), ema=model.eval(), epoch=0, extra=extra)
+    return path
+
+
+def _nudged(model: LoadedModel, logit: float) -> LoadedModel:
+    """The network with every head output logit raised by `logit`: what a runtime whose
+    kernels round differently does to the raw outputs, made larger and deterministic."""
+    network = copy.deepcopy(model.network)
+    with torch.no_grad():
+        for conv in network.head.m:
+            conv.bias += logit
+    return LoadedModel(network, model.names, model.stride, model.source)
+
+
+def test_raw_difference_with_equal_detections_is_served_by_onnxruntime(
+    train_py_last, tmp_path, monkeypatch
+) -> None:
+    real_export = ortb.export_onnx
+    monkeypatch.setattr(ortb, "export_onnx", lambda m, shape: real_export(_nudged(m, 2e-3), shape))
+    model = load_checkpoint(train_py_last)
+    shape = (GENUINE_SIZE, GENUINE_SIZE)
+    backend = create_backend(model, "auto", input_shape=shape, cache_dir=tmp_path)
+    assert backend.name == "onnxruntime", backend.reason
+    # the raw outputs really differ beyond the old 1e-4 tolerance ...
+    batch = verify.probes(shape, model.stride, rect=False)[0].batch
+    raw = compare_raw(
+        TorchBackend(model.network, torch.device("cpu")).engine()(batch), backend.engine(1)(batch)
+    )
+    assert raw.boxes > 1e-4 or raw.scores > 1e-4, raw
+    # ... the detections do not, and real ones were compared at the low threshold
+    assert backend.reason.startswith("detections equal PyTorch's on 6 images")
+    compared_low = int(backend.reason.split(", ")[1].split(" at conf")[0])
+    assert compared_low > 0, backend.reason
+
+
+def test_detections_that_really_differ_fall_back_with_the_reason(
+    train_py_last, tmp_path, monkeypatch, caplog
+) -> None:
+    real_export = ortb.export_onnx
+    monkeypatch.setattr(ortb, "export_onnx", lambda m, shape: real_export(_nudged(m, 0.5), shape))
+    model = load_checkpoint(train_py_last)
+    shape = (GENUINE_SIZE, GENUINE_SIZE)
+    with caplog.at_level("WARNING", logger="predictor.backends"):
+        backend = create_backend(model, "auto", input_shape=shape, cache_dir=tmp_path)
+    assert backend.name == "torch"
+    assert "detections differ from PyTorch's on scene 0" in backend.reason
+    assert any(
+        r.levelname == "WARNING" and "detections differ" in r.message for r in caplog.records
+    )
+    with pytest.raises(BackendError, match="--backend onnxruntime: detections differ"):
+        create_backend(model, "onnxruntime", input_shape=shape, cache_dir=tmp_path)
+
+
+def test_the_verdict_is_cached_with_the_export(checkpoint, tmp_path, monkeypatch) -> None:
+    judged = []
+    real_judge = verify.judge
+    monkeypatch.setattr(
+        "predictor.backends.judge", lambda *a, **k: judged.append(1) or real_judge(*a, **k)
+    )
+    first = Detector.load(checkpoint, "cpu", IMG_SIZE, backend="auto", cache_dir=tmp_path)
+    again = Detector.load(checkpoint, "cpu", IMG_SIZE, backend="auto", cache_dir=tmp_path)
+    assert len(judged) == 1, "a restart does not judge again"
+    assert again.backend.name == "onnxruntime"
+    assert again.backend.reason == f"{first.backend.reason} (verdict cached with the export)"
+    # other thresholds are other conditions: judged again
+    strict = DetectionSettings(conf_threshold=0.5)
+    Detector.load(checkpoint, "cpu", IMG_SIZE, backend="auto", cache_dir=tmp_path, settings=strict)
+    assert len(judged) == 2
+    # a replaced export voids its verdicts
+    first.backend.onnx.path.write_bytes(b"not an onnx model")
+    replaced = Detector.load(checkpoint, "cpu", IMG_SIZE, backend="auto", cache_dir=tmp_path)
+    assert replaced.backend.name == "onnxruntime" and len(judged) == 3  # re-exported, judged
+
+
+def _raw(rows: list[tuple[float, float, float, float, float, int]]) -> torch.Tensor:
+    """Head output rows (x, y, w, h, objectness, class) with class probability 1."""
+    out = torch.zeros(len(rows), 5 + 3)
+    for i, (x, y, w, h, obj, cls) in enumerate(rows):
+        out[i, :5] = torch.tensor([x, y, w, h, obj])
+        out[i, 5 + cls] = 1.0
+    return out
+
+
+def test_candidates_at_the_threshold_count_on_neither_side() -> None:
+    point = Thresholds(0.25, 0.45, 1000)
+    reference = _raw([(50, 50, 20, 20, 0.9, 0), (10, 10, 8, 8, 0.2505, 1)])
+    below = _raw([(50, 50, 20, 20, 0.9, 0), (10, 10, 8, 8, 0.2495, 1)])  # crosses: ignored
+    same = compare_image_detections(reference, below, point)
+    assert (same.mismatch, same.compared) == (None, 1)
+    clear = _raw([(50, 50, 20, 20, 0.9, 0), (10, 10, 8, 8, 0.26, 1)])
+    dropped = _raw([(50, 50, 20, 20, 0.9, 0), (10, 10, 8, 8, 0.2, 1)])
+    mismatch = compare_image_detections(clear, dropped, point).mismatch
+    assert mismatch is not None and "PyTorch's detection class 1 score 0.2600" in mismatch
+
+
+def test_tolerances_are_one_pixel_and_a_thousandth() -> None:
+    point = Thresholds(0.25, 0.45, 1000)
+    reference = _raw([(50, 50, 20, 20, 0.9, 0)])
+
+    def mismatch(row) -> str | None:
+        return compare_image_detections(reference, _raw([row]), point).mismatch
+
+    assert mismatch((50.9, 50, 20, 20, 0.9009, 0)) is None
+    assert "box off by 1.50 px" in mismatch((51.5, 50, 20, 20, 0.9, 0))
+    assert "score 0.9000" in mismatch((50, 50, 20, 20, 0.902, 0))
+    assert "no class 0" in mismatch((50, 50, 20, 20, 0.9, 2))
+
+
+def test_nms_keeping_another_of_equal_candidates_is_no_difference() -> None:
+    point = Thresholds(0.25, 0.45, 1000)
+    # two overlapping candidates of one class whose order the rounding flips
+    reference = _raw([(50, 50, 20, 20, 0.80005, 0), (53, 50, 20, 20, 0.8, 0)])
+    flipped = _raw([(50, 50, 20, 20, 0.8, 0), (53, 50, 20, 20, 0.80005, 0)])
+    result = compare_image_detections(reference, flipped, point)
+    assert (result.mismatch, result.reordered) == (None, 2)
+    # ... but not when the survivor's own prediction differs: that is a real difference
+    moved = _raw([(50, 50, 20, 20, 0.7, 0), (53, 50, 20, 20, 0.85, 0)])
+    assert compare_image_detections(reference, moved, point).mismatch is not None
 
 
 # -- the export cache --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class Backend(ABC):
     name: str
     device: torch.device
     description: str = ""  # for logs: where the model came from (cache hit, export, ...)
+    reason: str = ""  # why this backend serves: the verdict against PyTorch, or the rule
 
     @abstractmethod
     def engine(self, threads: int | None = None, *, spin: bool = True) -> Engine:

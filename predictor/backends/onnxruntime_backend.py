@@ -2,12 +2,14 @@
 
 No user step: the network the checkpoint loader built (fused conv+bn, fp32) is exported
 with torch's exporter, the file is cached under the checkpoint's SHA-256 in a writable
-cache directory (in memory when there is none), and every load checks the runtime's output
-against PyTorch's on probe inputs before the backend is used.
+cache directory (in memory when there is none), and the runtime's detections are judged
+against PyTorch's before the backend is used (`verify`); the verdict is cached beside the
+export, so a restart does not judge again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -24,6 +26,7 @@ import torch
 from ..checkpoint import LoadedModel
 from .base import Backend, BackendError, Engine
 from .cpus import available_cpus
+from .verify import JUDGEMENT_FORMAT, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +135,46 @@ def obtain_onnx(
         )
         return OnnxModel(data, None, f"{took}, in memory ({cache_dir} not writable)")
     return OnnxModel(data, path, f"{took}, cached at {path}")
+
+
+def _verdict_path(onnx: OnnxModel, conditions: object) -> Path | None:
+    """Beside the export: one verdict per runtime version and judging conditions."""
+    if onnx.path is None:
+        return None
+    try:
+        from onnxruntime import __version__ as runtime
+    except ImportError:
+        return None
+    key = hashlib.sha256(repr((JUDGEMENT_FORMAT, runtime, conditions)).encode()).hexdigest()
+    return onnx.path.with_name(f"{onnx.path.name}.{key[:16]}.verdict.json")
+
+
+def cached_verdict(onnx: OnnxModel, conditions: object) -> Verdict | None:
+    """The verdict on exactly this export file under `conditions`, if one was cached."""
+    path = _verdict_path(onnx, conditions)
+    if path is None or onnx.path is None or not path.is_file():
+        return None
+    try:
+        verdict = Verdict.from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if verdict.export_sha256 != file_digest(onnx.path):
+        return None  # the export was replaced since
+    return dataclasses.replace(verdict, reason=f"{verdict.reason} (verdict cached with the export)")
+
+
+def save_verdict(onnx: OnnxModel, conditions: object, verdict: Verdict) -> None:
+    path = _verdict_path(onnx, conditions)
+    if path is None or onnx.path is None:
+        return
+    record = dataclasses.replace(verdict, export_sha256=file_digest(onnx.path))
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as temp:
+            temp.write(record.to_json())
+        os.chmod(temp.name, 0o644)
+        os.replace(temp.name, path)
+    except OSError as error:
+        logger.warning("cannot cache the verdict at %s (%s)", path, error)
 
 
 class OnnxRuntimeBackend(Backend):

@@ -225,8 +225,16 @@ def evaluate_checkpoint(
     return evaluate_detector(detector, scenes, settings)
 
 
-def train(config: TrainConfig, output: str | Path, log: Log = print) -> TrainResult:
-    """Generate the data, train, save the EMA weights to `output`, evaluate them."""
+def train(
+    config: TrainConfig, output: str | Path, log: Log = print, last: str | Path | None = None
+) -> TrainResult:
+    """Generate the data, train, save the EMA weights to `output`, evaluate them.
+
+    `output` is stripped as train.py strips `best.pt` (`model` = the EMA, no `ema`, no
+    optimizer); `last`, when given, is written after every epoch as train.py writes
+    `last.pt` mid-training: the training weights under `model`, the EMA under `ema`
+    (both fp16), the optimizer state and the EMA's update count.
+    """
     started = time.time()
     threads = set_threads(config.threads)
     output = Path(output)
@@ -260,6 +268,8 @@ def train(config: TrainConfig, output: str | Path, log: Log = print) -> TrainRes
     warmup = min(max(round(config.warmup_epochs * per_epoch), config.warmup_min_iters), total // 2)
     losses: list[list[float]] = []
     epoch_maps: list[float] = []
+    opt = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("scene", "augment")}
+    opt["names"] = list(config.names)
     step = 0
     train_start = time.time()
     last_log = train_start
@@ -298,10 +308,10 @@ def train(config: TrainConfig, output: str | Path, log: Log = print) -> TrainRes
             result = _evaluate_weights(ema.ema, config, quick_eval)
             epoch_maps.append(result.map50)
             log(f"epoch {epoch + 1} EMA on {len(quick_eval)} held-out images: {result.summary()}")
+        if last is not None:
+            _save_last(Path(last), model, ema, optimizer, epoch, opt)
     train_seconds = time.time() - train_start
 
-    opt = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("scene", "augment")}
-    opt["names"] = list(config.names)
     _save(output, ema.ema, opt)
     log(f"saved EMA weights to {output} ({output.stat().st_size / 1e6:.2f} MB)")
     evaluation = None
@@ -341,6 +351,20 @@ def _save(
     partial = output.with_name(output.name + ".partial")
     save_checkpoint(partial, model, epoch=-1, extra=extra)
     partial.replace(output)
+
+
+def _save_last(
+    path: Path,
+    model: DetectionModel,
+    ema: ModelEMA,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    opt: dict,
+) -> None:
+    extra = {"updates": ema.updates, "optimizer": optimizer.state_dict(), "opt": opt}
+    partial = path.with_name(path.name + ".partial")
+    save_checkpoint(partial, model, ema=ema.ema, epoch=epoch, extra=extra)
+    partial.replace(path)
 
 
 def _clock(seconds: float) -> str:
