@@ -77,6 +77,7 @@ def test_served_endpoint_over_grpc_and_rest(checkpoint, image_files, tmp_path, c
     check = data["check"]
     assert check["images"] == 2 and check["detections"] > 0 and check["equal"] is True
     assert "server over grpc" in out and "server over rest" in out
+    assert "served by: " in out and data["machine"]["served_by"]
     image = cv2.imread(str(png))
     assert image is not None and image.shape[2] == 3 and (image < 128).any()
 
@@ -171,6 +172,7 @@ def test_in_process_limits_and_forward_ceiling(checkpoint, image_files, tmp_path
     out = capsys.readouterr().out
     assert code == 0, out
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx")), "the export went to --cache_dir"
+    assert "onnxruntime: served by onnxruntime (detections equal PyTorch's" in out
     data = json.loads(report.read_text())
     configs = [row["config"] for row in data["in_process"]]
     assert configs == [
@@ -331,6 +333,14 @@ def test_rest_payload_uses_the_binary_extension() -> None:
     header = json.loads(body[:header_length])
     assert header["inputs"][0]["parameters"]["binary_data_size"] == 6
     assert body[header_length:] == b"\x02\x00\x00\x00ab"
+
+
+def test_the_default_model_is_the_genuine_checkpoint(monkeypatch, tmp_path) -> None:
+    missing = tmp_path / "best.pt"
+    monkeypatch.setattr(cli, "DEFAULT_MODEL", missing)
+    assert cli.build_parser().parse_args(["--serve"]).model_dir == missing
+    with pytest.raises(SystemExit, match=r"python -m predictor\.training\.genuine"):
+        cli.main(["--in-process", "--duration", "0"])
 
 
 def test_nothing_to_measure_is_an_error(capsys) -> None:

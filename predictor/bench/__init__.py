@@ -7,7 +7,8 @@ in-process PyTorch limit, on the same model and the same images.
     # a running endpoint (local or a deployed InferenceService)
     python -m predictor.bench --grpc localhost:8081 --url localhost:8080 --protocol grpc,rest
 
-Without --model_dir an architecture-identical YOLOv5s (random weights: the compute cost of
-the real one) is generated in a temporary directory. Without --images the repository's
+Without --model_dir the model is .cache/checkpoints/yolov5s-shapes/best.pt, a yolov5s in
+train.py's own (stripped) format: make it with `python -m predictor.training.genuine`.
+The run prints which backend serves the model and why. Without --images the repository's
 samples/ are used, else generated scenes.
 """

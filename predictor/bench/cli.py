@@ -9,7 +9,6 @@ import json
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,15 +17,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..backends import verify
 from . import load, pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-BOX_TOLERANCE_PX = 1.0
-SCORE_TOLERANCE = 1e-4
+DEFAULT_MODEL = REPO / ".cache" / "checkpoints" / "yolov5s-shapes" / "best.pt"
 NOTHING_TO_COMPARE = (
-    "no detections to compare (a generated model's random weights find nothing; "
-    "--model_dir with a trained checkpoint checks real ones)"
+    "no detections to compare (an untrained model finds nothing; a trained checkpoint "
+    "checks real ones)"
 )
 
 
@@ -90,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--model_dir",
         type=Path,
-        help="checkpoint (or its directory); default: a generated YOLOv5s-architecture "
-        "checkpoint with random weights (the real one's compute cost)",
+        default=DEFAULT_MODEL,
+        help="checkpoint (or its directory); the default is the yolov5s best.pt that "
+        "`python -m predictor.training.genuine` writes (train.py's own format)",
     )
-    model.add_argument("--arch", default="s", help="size of the generated model: n, s, m, l, x")
     model.add_argument("--img_size", type=int, default=640)
     model.add_argument("--letterbox", choices=("square", "rect"), default="square")
     model.add_argument("--device", default="cpu", help="for --in-process and the check")
@@ -199,31 +198,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report(machine=describe_machine(cpus, payloads))
     _print_header(report.machine)
 
-    with model_checkpoint(args.model_dir, args.arch) as checkpoint:
-        report.machine["model"] = (
-            str(args.model_dir) if args.model_dir else f"generated yolov5{args.arch}"
-        )
-        if args.in_process:
-            run_in_process(args, checkpoint, payloads, cpus, report)
-        endpoint_given = args.serve or args.grpc or args.url
-        if endpoint_given:
-            with endpoint(args, checkpoint) as target:
-                run_levels(args, protocols, concurrency, payloads, target.grpc, target.http, report)
-                if not args.no_check and (args.serve or args.model_dir):
-                    report.check = check_detections(
-                        args, checkpoint, payloads, protocols[0], target.grpc, target.http
-                    )
-                    _print_check(report.check)
-                if args.in_process and args.latency_seconds > 0 and 1 in concurrency:
-                    report.interleaved_ms = asyncio.run(
-                        interleaved_latency(args, checkpoint, payloads, cpus, protocols, target)
-                    )
+    checkpoint = _find_checkpoint(args.model_dir)
+    report.machine["model"] = str(checkpoint)
+    print(f"model: {checkpoint}")
+    if args.in_process:
+        run_in_process(args, checkpoint, payloads, cpus, report)
+    endpoint_given = args.serve or args.grpc or args.url
+    if endpoint_given:
+        with endpoint(args, checkpoint) as target:
+            report.machine["served_by"] = served_backend(args.model_name, target.http)
+            print(f"served by: {report.machine['served_by']}")
+            run_levels(args, protocols, concurrency, payloads, target.grpc, target.http, report)
+            if not args.no_check:
+                report.check = check_detections(
+                    args, checkpoint, payloads, protocols[0], target.grpc, target.http
+                )
+                _print_check(report.check)
+            if args.in_process and args.latency_seconds > 0 and 1 in concurrency:
+                report.interleaved_ms = asyncio.run(
+                    interleaved_latency(args, checkpoint, payloads, cpus, protocols, target)
+                )
     report.targets = targets(report)
     _print_targets(report.targets)
     if args.plot and report.levels:
         from .plot import plot
 
-        plot(report.levels, args.plot, f"yolov5{args.arch} {args.img_size} - {_cpu_name()}")
+        plot(report.levels, args.plot, f"{checkpoint.name} {args.img_size} - {_cpu_name()}")
         print(f"\nplot: {args.plot}")
     if args.json:
         args.json.write_text(json.dumps(report.to_json(), indent=2))
@@ -265,25 +265,16 @@ def generated_images() -> list[bytes]:
     return payloads
 
 
-@contextlib.contextmanager
-def model_checkpoint(model_dir: Path | None, arch: str) -> Iterator[Path]:
-    if model_dir is not None:
-        yield _find_checkpoint(model_dir)
-        return
-    from ..checkpoint import save_checkpoint
-    from ..runtime.architecture import build_model, yolov5_spec
-
-    with tempfile.TemporaryDirectory(prefix="bench-model-") as directory:
-        path = Path(directory) / f"yolov5{arch}.pt"
-        save_checkpoint(path, build_model(yolov5_spec(arch, nc=80)).eval())
-        yield path
-
-
 def _find_checkpoint(model_dir: Path) -> Path:
     """The checkpoint file itself, or the single one in a directory (as the server finds it;
     not imported from the server, which would import kserve and its own flag parsing)."""
     from ..checkpoint import CHECKPOINT_SUFFIXES
 
+    if model_dir == DEFAULT_MODEL and not model_dir.is_file():
+        raise SystemExit(
+            f"{DEFAULT_MODEL} is missing: make it with `python -m predictor.training.genuine` "
+            "(minutes on one thread), or give --model_dir"
+        )
     if model_dir.is_file():
         return model_dir
     found = sorted(p for p in model_dir.glob("*") if p.suffix in CHECKPOINT_SUFFIXES)
@@ -322,6 +313,23 @@ def endpoint(args: argparse.Namespace, checkpoint: Path) -> Iterator[Endpoint]:
         yield Endpoint(server.grpc, server.http, server.paused)
 
 
+def served_backend(model_name: str, http_target: str | None) -> str:
+    """Which backend the server runs the model on, and why, from its V2 metadata
+    (`parameters.backend`, `parameters.backend_reason`)."""
+    if http_target is None:
+        return "unknown (no REST endpoint to ask)"
+    import httpx
+
+    try:
+        response = httpx.get(f"http://{http_target}/v2/models/{model_name}", timeout=10)
+        parameters = response.json().get("parameters") or {}
+    except (httpx.HTTPError, ValueError) as error:
+        return f"unknown (metadata: {error})"
+    if "backend" not in parameters:
+        return "not reported by the server's metadata"
+    return f"{parameters['backend']}: {parameters.get('backend_reason', 'no reason given')}"
+
+
 # -- measurements ---------------------------------------------------------------------------
 
 
@@ -349,6 +357,7 @@ def run_in_process(
             backend=backend,
             cache_dir=args.cache_dir,
         )
+        print(f"  {backend}: served by {detector.backend.name} ({detector.backend.reason})")
         for streams, threads in configurations:
             result = pipeline.measure_pipeline(
                 detector, payloads, streams, threads, args.duration, args.warmup
@@ -548,8 +557,8 @@ def check_detections(
         "max_box_error_px": box_error,
         "max_score_error": score_error,
         "equal": mismatched == 0
-        and box_error <= BOX_TOLERANCE_PX
-        and score_error <= SCORE_TOLERANCE,
+        and box_error <= verify.BOX_TOLERANCE_PX
+        and score_error <= verify.SCORE_TOLERANCE,
     }
 
 
@@ -557,7 +566,10 @@ def targets(report: Report) -> list[dict[str, object]]:
     """The issue's CPU targets as ratios, from whatever this run measured."""
     found = _ratio_targets(report)
     if report.check is not None:
-        name = "detections equal PyTorch's (boxes 1 px, scores 1e-4)"
+        name = (
+            f"detections equal PyTorch's (boxes {verify.BOX_TOLERANCE_PX:g} px, "
+            f"scores {verify.SCORE_TOLERANCE:g})"
+        )
         if report.check["detections"]:
             found.append({"name": name, "met": report.check["equal"]})
         else:  # nothing compared proves nothing
