@@ -293,6 +293,42 @@ def test_smoke_training_loss_goes_down(tmp_path: Path) -> None:
     assert loaded.names == list(CLASS_NAMES)
 
 
+def test_last_and_best_are_written_as_train_py_writes_them(tmp_path: Path) -> None:
+    config = TrainConfig(
+        img_size=64, epochs=2, batch_size=4, train_images=4, val_images=0, epoch_eval_images=0
+    )
+    config.threads, config.warmup_min_iters = 1, 1
+    result = train(config, tmp_path / "best.pt", log=lambda _: None, last=tmp_path / "last.pt")
+    with upstream_class_paths():  # YOLOv5's own `models` package, as train.py pickles it
+        last = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
+        best = torch.load(result.output, map_location="cpu", weights_only=False)
+        assert {type(last["model"]).__module__, type(last["ema"]).__module__} == {"models.yolo"}
+    # last.pt mid-training: training weights and EMA, optimizer state, EMA update count
+    assert last["epoch"] == 1 and last["updates"] == 2
+    assert {"state", "param_groups"} <= set(last["optimizer"])
+    for key in ("model", "ema"):
+        assert next(last[key].parameters()).dtype == torch.float16
+    assert not torch.equal(next(last["model"].parameters()), next(last["ema"].parameters())), (
+        "the EMA is its own weights"
+    )
+    # best.pt stripped: the EMA under `model`, nothing else
+    assert best["ema"] is None and best["optimizer"] is None and best["epoch"] == -1
+    assert torch.equal(next(best["model"].parameters()), next(last["ema"].parameters()))
+    for path in (tmp_path / "last.pt", result.output):
+        assert load_checkpoint(path).names == list(CLASS_NAMES)
+
+
+def test_genuine_checkpoints_help() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "predictor.training.genuine", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    assert "last.pt" in run.stdout and "best.pt" in run.stdout and "--out" in run.stdout
+
+
 def test_make_demo_model_smoke_cli(tmp_path: Path) -> None:
     output = tmp_path / "demo.pt"
     script = REPO / "model_store" / "make_demo_model.py"
