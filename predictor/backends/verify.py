@@ -8,7 +8,9 @@ classes, boxes within BOX_TOLERANCE_PX input pixels, scores within SCORE_TOLERAN
 server's thresholds and at LOW_CONF (many candidates for a trained model; an untrained
 one scores below it everywhere, and is compared at nothing there). Candidates whose score
 lies within THRESHOLD_MARGIN of the threshold (or of a max_det / candidate-limit cut) count
-on neither side: either run may keep them. The raw output difference is reported as a diagnostic.
+on neither side: either run may keep them. Nor does a detection whose anchor predicts the
+same on the other side, where NMS kept another of near-equal candidates (see
+`compare_image_detections`). The raw output difference is reported as a diagnostic.
 """
 
 from __future__ import annotations
