@@ -338,9 +338,20 @@ def test_rest_payload_uses_the_binary_extension() -> None:
 def test_the_default_model_is_the_genuine_checkpoint(monkeypatch, tmp_path) -> None:
     missing = tmp_path / "best.pt"
     monkeypatch.setattr(cli, "DEFAULT_MODEL", missing)
-    assert cli.build_parser().parse_args(["--serve"]).model_dir == missing
     with pytest.raises(SystemExit, match=r"python -m predictor\.training\.genuine"):
         cli.main(["--in-process", "--duration", "0"])
+
+
+def test_divergence_report(checkpoint, capsys) -> None:
+    from predictor.bench import divergence
+
+    assert divergence.main([str(checkpoint), "--img_size", "64", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    for level in divergence.LEVELS:
+        assert f"{level} " in out and "raw difference boxes" in out
+    for operator in ("Sigmoid", "SiLU (Sigmoid, Mul)", "Conv 3x3, 64 ch"):
+        assert f"  {operator}" in out
+    assert "forward median ms over 1 interleaved rounds" in out
 
 
 def test_nothing_to_measure_is_an_error(capsys) -> None:

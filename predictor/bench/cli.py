@@ -89,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--model_dir",
         type=Path,
-        default=DEFAULT_MODEL,
-        help="checkpoint (or its directory); the default is the yolov5s best.pt that "
-        "`python -m predictor.training.genuine` writes (train.py's own format)",
+        help="checkpoint (or its directory); with --serve or --in-process the default is the "
+        "yolov5s best.pt that `python -m predictor.training.genuine` writes (train.py's own "
+        "format); a running endpoint's detections are checked only against a given one",
     )
     model.add_argument("--img_size", type=int, default=640)
     model.add_argument("--letterbox", choices=("square", "rect"), default="square")
@@ -198,10 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report(machine=describe_machine(cpus, payloads))
     _print_header(report.machine)
 
-    checkpoint = _find_checkpoint(args.model_dir)
-    report.machine["model"] = str(checkpoint)
-    print(f"model: {checkpoint}")
+    checkpoint = None
+    if args.model_dir is not None or args.serve or args.in_process:
+        checkpoint = _find_checkpoint(args.model_dir or DEFAULT_MODEL)
+        report.machine["model"] = str(checkpoint)
+        print(f"model: {checkpoint}")
     if args.in_process:
+        assert checkpoint is not None
         run_in_process(args, checkpoint, payloads, cpus, report)
     endpoint_given = args.serve or args.grpc or args.url
     if endpoint_given:
@@ -209,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.machine["served_by"] = served_backend(args.model_name, target.http)
             print(f"served by: {report.machine['served_by']}")
             run_levels(args, protocols, concurrency, payloads, target.grpc, target.http, report)
-            if not args.no_check:
+            if not args.no_check and checkpoint is not None:
                 report.check = check_detections(
                     args, checkpoint, payloads, protocols[0], target.grpc, target.http
                 )
@@ -223,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot and report.levels:
         from .plot import plot
 
-        plot(report.levels, args.plot, f"{checkpoint.name} {args.img_size} - {_cpu_name()}")
+        model = checkpoint.name if checkpoint is not None else args.model_name
+        plot(report.levels, args.plot, f"{model} {args.img_size} - {_cpu_name()}")
         print(f"\nplot: {args.plot}")
     if args.json:
         args.json.write_text(json.dumps(report.to_json(), indent=2))
@@ -293,10 +297,11 @@ class Endpoint:
 
 
 @contextlib.contextmanager
-def endpoint(args: argparse.Namespace, checkpoint: Path) -> Iterator[Endpoint]:
+def endpoint(args: argparse.Namespace, checkpoint: Path | None) -> Iterator[Endpoint]:
     if not args.serve:
         yield Endpoint(args.grpc, args.url)
         return
+    assert checkpoint is not None  # --serve always has one
     from .server import serve
 
     server_args = [
