@@ -219,3 +219,24 @@ def test_cpu_int8_instructions_from_cpuinfo(tmp_path: Path):
     assert int8_instructions(cpuinfo) == []
     assert "may be no faster than fp32" in (int8_warning(cpuinfo) or "")
     assert int8_instructions(tmp_path / "missing") is None
+
+
+def test_every_backbone_convolution_is_quantised_with_its_bias(tmp_path: Path):
+    """An untrained model's equal (zero) biases are exported as Identity nodes of one
+    initializer; unless materialised, those convolutions stay in float (no speed-up)."""
+    import onnx
+
+    from tests.support import save_detecting_checkpoint
+
+    checkpoint = save_detecting_checkpoint(tmp_path / "untrained.pt")
+    write_labelled_folder(tmp_path / "calib", CALIBRATION_SEED, 4)
+    model = load_checkpoint(checkpoint, "cpu")
+    calibration = find_calibration_set(checkpoint, tmp_path / "calib" / "images")
+    exported = onnx.load(obtain_onnx(model, (64, 64), tmp_path).source)
+    assert any(n.op_type == "Identity" for n in exported.graph.node)  # what is worked around
+    int8 = obtain_int8(model, (64, 64), calibration, tmp_path)
+    graph = onnx.load(int8.onnx.source).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    head = f"/model.{len(model.network.model) - 1}/"
+    convs = [n for n in graph.node if n.op_type == "Conv" and not n.name.startswith(head)]
+    assert convs and all(producers.get(n.input[2]) == "DequantizeLinear" for n in convs)

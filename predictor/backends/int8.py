@@ -18,6 +18,7 @@ and cached. Each model has a JSON report beside it: its key and its self-check.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from ..imaging import decode_image
 from .base import BackendError
 from .cpu_features import int8_warning
 from .onnxruntime_backend import (
+    EXPORT_FORMAT,
     INPUT_NAME,
     OPSET,
     OnnxModel,
@@ -66,10 +68,10 @@ FLOAT_GROUPS = ("decode", "head_convs", "first_conv")
 class Recipe:
     """How the export is quantised. `keep_float` names node groups left in float:
     "decode" (the Detect layer after its convolutions), "head_convs" (the Detect layer's
-    1x1 convolutions), "first_conv" (the stem convolution)."""
+    1x1 convolutions), "first_conv" (layer 0, the stem convolution and its activation)."""
 
     method: str = "minmax"  # onnxruntime CalibrationMethod: minmax, entropy, percentile
-    keep_float: tuple[str, ...] = ("decode",)
+    keep_float: tuple[str, ...] = ("decode", "head_convs")
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
@@ -89,7 +91,7 @@ class Int8Refused(BackendError):
 @dataclass
 class Int8Model:
     onnx: OnnxModel
-    report: dict[str, Any]  # "key", "self_check" (an Agreement as a dict), "recipe", ...
+    report: dict[str, Any]  # "key" (see int8_key), "self_check" (an Agreement as a dict), ...
 
     @property
     def agreement(self) -> float:
@@ -110,6 +112,7 @@ def int8_key(
         "calibration_sha256": calibration_digest,
         "input_shape": list(input_shape),
         "opset": OPSET,
+        "export_format": EXPORT_FORMAT,
         "torch": torch.__version__.split("+")[0],
         "onnxruntime": onnxruntime.__version__,
         "quantizer": QUANTIZER_VERSION,
@@ -118,8 +121,6 @@ def int8_key(
 
 
 def key_digest(key: dict[str, Any]) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -193,7 +194,7 @@ def build_int8(
     fp32 = obtain_onnx(model, input_shape, cache_dir)
     fp32_detector = Detector(model, input_shape[0], backend=OnnxRuntimeBackend(fp32))
     started = time.perf_counter()
-    data = quantize(fp32, model, calibration.calibration, fp32_detector, recipe)
+    data = quantize(fp32, fp32_detector, calibration.calibration, recipe)
     took = time.perf_counter() - started
     int8 = OnnxModel(data, None, f"calibrated on {len(calibration.calibration)} images")
     int8_detector = Detector(model, input_shape[0], backend=OnnxRuntimeBackend(int8))
@@ -210,18 +211,13 @@ def build_int8(
     return Int8Model(int8, report)
 
 
-def quantize(
-    fp32: OnnxModel,
-    model: LoadedModel,
-    images: Sequence[Path],
-    detector: Detector,
-    recipe: Recipe,
-) -> bytes:
-    """The QDQ INT8 model, as bytes."""
+def quantize(fp32: OnnxModel, detector: Detector, images: Sequence[Path], recipe: Recipe) -> bytes:
+    """The QDQ INT8 model, as bytes, calibrated on `images` letterboxed by `detector`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     graph = onnx.load(fp32.source) if fp32.path else onnx.load_from_string(fp32.data)
-    excluded = float_nodes(graph, _head_index(model), recipe.keep_float)
+    materialise_identity_constants(graph)
+    excluded = float_nodes(graph, _head_index(detector.model), recipe.keep_float)
     with tempfile.TemporaryDirectory() as scratch:
         output = Path(scratch) / "int8.onnx"
         try:
@@ -244,6 +240,28 @@ def quantize(
             message = f"INT8 quantisation failed: {type(error).__name__}: {error}"
             raise BackendError(message) from error
         return output.read_bytes()
+
+
+def materialise_identity_constants(graph: onnx.ModelProto) -> None:
+    """Replace `Identity(initializer)` nodes by copies of the initializer, in place.
+
+    The exporter writes a tensor equal to an earlier one (e.g. zero biases) as an Identity
+    of it; the quantiser only quantises biases that are initializers, and a convolution
+    with a float bias stays in float, with quantise/dequantise pairs around it.
+    """
+    initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    outputs = {output.name for output in graph.graph.output}
+    for node in list(graph.graph.node):
+        if (
+            node.op_type == "Identity"
+            and node.input[0] in initializers
+            and node.output[0] not in outputs
+        ):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[node.input[0]])
+            copy.name = node.output[0]
+            graph.graph.initializer.append(copy)
+            graph.graph.node.remove(node)
 
 
 def float_nodes(graph: onnx.ModelProto, head_index: int, groups: Sequence[str]) -> list[str]:
@@ -307,7 +325,9 @@ def _load_matching(path: Path, key: dict[str, Any], origin: str) -> Int8Model | 
         differing = sorted(
             k for k in wanted.keys() | stored.keys() if stored.get(k) != wanted.get(k)
         )
-        logger.info("INT8 model %s was built for other inputs (%s); not using it", path, differing)
+        logger.warning(
+            "INT8 model %s was built for other inputs (%s); not using it", path, differing
+        )
         return None
     return Int8Model(OnnxModel(None, path, f"{origin} {path}"), report)
 
@@ -335,6 +355,8 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _head_index(model: LoadedModel) -> int:
+    if isinstance(model.network, torch.jit.ScriptModule):  # no module scopes in its export
+        raise BackendError("INT8 needs a .pt checkpoint, not a TorchScript export")
     return int(model.network.model[-1].i)
 
 
