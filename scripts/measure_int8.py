@@ -12,7 +12,8 @@ Extra recipes to compare: `--recipe entropy:decode+head_convs` (method:float gro
 
 latency: an untrained YOLOv5s (80 classes) saved as train.py does, exported and quantised
 the same way (its accuracy means nothing; only its speed does); one ONNX Runtime thread per
-session, fp32 and INT8 forward passes alternating, median and best of `--repeats` each.
+session, fp32 and INT8 forward passes (each --recipe too) alternating, median and best of
+`--repeats` each.
 Data and caches go to --work (default /tmp/int8-measure), never into the repository.
 """
 
@@ -78,7 +79,7 @@ def accuracy(work: Path, sizes: list[int], recipes: list[Recipe]) -> None:
             )
 
 
-def latency(work: Path, size: int, repeats: int) -> None:
+def latency(work: Path, size: int, repeats: int, recipes: list[Recipe]) -> None:
     calibration_dir, _ = data(work)
     checkpoint = work / "yolov5s-untrained.pt"
     if not checkpoint.is_file():
@@ -86,11 +87,11 @@ def latency(work: Path, size: int, repeats: int) -> None:
     model = load_checkpoint(checkpoint, "cpu")
     calibration = find_calibration_set(checkpoint, calibration_dir)
     fp32 = obtain_onnx(model, (size, size), work / "cache")
-    int8 = obtain_int8(model, (size, size), calibration, work / "cache").onnx
-    engines = {
-        name: OnnxRuntimeBackend(onnx).engine(threads=1)
-        for name, onnx in (("fp32", fp32), ("int8", int8))
-    }
+    engines = {"fp32": OnnxRuntimeBackend(fp32).engine(threads=1)}
+    for recipe in recipes:
+        int8 = obtain_int8(model, (size, size), calibration, work / "cache", recipe).onnx
+        name = f"int8 float={'+'.join(recipe.keep_float) or 'none'}"
+        engines[name] = OnnxRuntimeBackend(int8).engine(threads=1)
     batch = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     times: dict[str, list[float]] = {name: [] for name in engines}
     for engine in engines.values():
@@ -106,9 +107,11 @@ def latency(work: Path, size: int, repeats: int) -> None:
             f"yolov5s {size} {name}, 1 thread: median {statistics.median(samples):.1f} ms, "
             f"best {min(samples):.1f} ms ({repeats} runs)"
         )
-    ratio = statistics.median(times["fp32"]) / statistics.median(times["int8"])
-    best = min(times["fp32"]) / min(times["int8"])
-    print(f"fp32 / int8: {ratio:.2f}x by median, {best:.2f}x by best")
+    for name, samples in times.items():
+        if name != "fp32":
+            ratio = statistics.median(times["fp32"]) / statistics.median(samples)
+            best = min(times["fp32"]) / min(samples)
+            print(f"fp32 / {name}: {ratio:.2f}x by median, {best:.2f}x by best")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", action="append", default=[], help="method:group+group")
     parser.add_argument("--work", type=Path, default=Path("/tmp/int8-measure"))
     args = parser.parse_args(argv)
+    recipes = [Recipe()]
+    for text in args.recipe:
+        method, _, groups = text.partition(":")
+        recipes.append(Recipe(method, tuple(g for g in groups.split("+") if g)))
     if args.what == "accuracy":
-        recipes = [Recipe()]
-        for text in args.recipe:
-            method, _, groups = text.partition(":")
-            recipes.append(Recipe(method, tuple(g for g in groups.split("+") if g)))
         accuracy(args.work, args.img_size, recipes)
     else:
         for size in args.img_size:
-            latency(args.work, size, args.repeats)
+            latency(args.work, size, args.repeats, recipes)
     return 0
 
 

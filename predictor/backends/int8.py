@@ -218,6 +218,8 @@ def quantize(fp32: OnnxModel, detector: Detector, images: Sequence[Path], recipe
     graph = onnx.load(fp32.source) if fp32.path else onnx.load_from_string(fp32.data)
     materialise_identity_constants(graph)
     excluded = float_nodes(graph, _head_index(detector.model), recipe.keep_float)
+    advice = _DropPreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
     with tempfile.TemporaryDirectory() as scratch:
         output = Path(scratch) / "int8.onnx"
         try:
@@ -239,7 +241,18 @@ def quantize(fp32: OnnxModel, detector: Detector, images: Sequence[Path], recipe
         except Exception as error:
             message = f"INT8 quantisation failed: {type(error).__name__}: {error}"
             raise BackendError(message) from error
+        finally:
+            logging.getLogger().removeFilter(advice)
         return output.read_bytes()
+
+
+class _DropPreprocessingAdvice(logging.Filter):
+    """onnxruntime's quantiser advises, on the root logger, running its pre-processing
+    (shape inference, graph optimisation) first. It is not run: the recipe's accuracy and
+    speed were measured without it, and a server's log should not ask the user for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 def materialise_identity_constants(graph: onnx.ModelProto) -> None:
@@ -302,7 +315,8 @@ def save_int8(int8: Int8Model, path: Path) -> Int8Model:
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, data)
     _write_atomically(report_path(path), (json.dumps(int8.report, indent=2) + "\n").encode())
-    int8.onnx = OnnxModel(None, path, f"{int8.onnx.origin}, saved at {path}")
+    if int8.onnx.path is None:
+        int8.onnx = OnnxModel(None, path, f"{int8.onnx.origin}, saved at {path}")
     return int8
 
 
