@@ -12,8 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+
+
+class LabelledImage(Protocol):
+    """An image with its true objects (a synthetic `Scene`, or a labelled file)."""
+
+    @property
+    def image(self) -> np.ndarray: ...  # H x W x 3 BGR uint8
+
+    @property
+    def boxes(self) -> np.ndarray: ...  # (n, 4) x1, y1, x2, y2 in pixels
+
+    @property
+    def classes(self) -> np.ndarray: ...  # (n,) class ids
+
 
 COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2).tolist())
 

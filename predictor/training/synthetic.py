@@ -297,3 +297,26 @@ def write_samples(
     }
     (directory / "labels.json").write_text(json.dumps(document, indent=2) + "\n")
     return records
+
+
+def write_labelled_folder(
+    directory: str | Path, seed: int, count: int, config: SceneConfig = SceneConfig()
+) -> Path:
+    """Scenes `0..count-1` of data set `seed` in YOLO format: images/N.jpg and labels/N.txt
+    (`class cx cy w h` per object, normalised). Without labels, images/ alone serves as
+    calibration images."""
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    (directory / "labels").mkdir(exist_ok=True)
+    for index in range(count):
+        scene = generate_scene(seed, index, config)
+        height, width = scene.image.shape[:2]
+        name = f"{seed}_{index:05d}"
+        cv2.imwrite(str(directory / "images" / f"{name}.png"), scene.image)
+        boxes = scene.boxes / np.array([width, height, width, height], np.float32)
+        lines = [
+            f"{cls} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}"
+            for cls, (x1, y1, x2, y2) in zip(scene.classes, boxes, strict=True)
+        ]
+        (directory / "labels" / f"{name}.txt").write_text("".join(f"{line}\n" for line in lines))
+    return directory

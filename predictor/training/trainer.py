@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from ..runtime.architecture import build_model, yolov5_spec
 from ..runtime.detection import DetectionModel
 from .data import AugmentConfig, TrainingSet
 from .loss import YoloLoss
-from .metrics import APAccumulator, EvaluationResult
+from .metrics import APAccumulator, EvaluationResult, LabelledImage
 from .synthetic import CLASS_NAMES, Scene, SceneConfig, generate_scene
 
 Log = Callable[[str], None]
@@ -191,13 +191,13 @@ def validation_scenes(config: TrainConfig, count: int) -> Iterator[Scene]:
 
 def evaluate_detector(
     detector: Detector,
-    scenes: Sequence[Scene] | Iterator[Scene],
+    scenes: Iterable[LabelledImage],
     settings: DetectionSettings,
     batch_size: int = 16,
 ) -> EvaluationResult:
     """mAP of a detector over scenes, fed one batch of images at a time."""
     accumulator = APAccumulator(detector.names)
-    pending: list[Scene] = []
+    pending: list[LabelledImage] = []
 
     def flush() -> None:
         results = detector.detect([s.image for s in pending], settings)
