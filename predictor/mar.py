@@ -32,7 +32,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import re
 import tarfile
 import tempfile
@@ -156,13 +155,15 @@ def extract_checkpoint(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as temp:
+            part = Path(temp.name)
             try:
                 _extract_member(archive, temp, limits)
+                temp.close()
+                part.chmod(0o644)  # like any cache file (mkstemp makes it owner-only)
+                part.replace(target)  # atomic: a concurrent loader never sees half a file
             except BaseException:
-                Path(temp.name).unlink()
+                part.unlink(missing_ok=True)
                 raise
-        os.chmod(temp.name, 0o644)  # like any cache file (mkstemp makes it owner-only)
-        os.replace(temp.name, target)  # atomic: a concurrent loader never sees half a file
     except OSError as error:
         raise ArchiveError(f"{archive.path}: cannot extract into {cache_dir}: {error}") from None
     logger.info("%s: extracted %s to %s", archive.path, archive.member, target)

@@ -384,3 +384,15 @@ def test_unwritable_cache_is_a_clear_refusal(tmp_path: Path, checkpoint: Path, a
     blocker.write_text("a file where the cache directory should be")
     with pytest.raises(ArchiveError, match=r"cannot extract into"):
         extract_checkpoint(archive, blocker)
+
+
+@pytest.mark.parametrize("archive_format", ["default", "tgz"])
+def test_a_refused_extraction_leaves_no_partial_file(
+    tmp_path: Path, checkpoint: Path, archiver, archive_format: str
+) -> None:
+    """The copy itself is bounded too (an archive may change between reading and extracting)."""
+    archive = read_archive(archiver(checkpoint, archive_format))
+    cache = tmp_path / "cache"
+    with pytest.raises(ArchiveError, match=r"yolov5x.pt decompresses to more than 1000 bytes"):
+        extract_checkpoint(archive, cache, ArchiveLimits(max_member_bytes=1000))
+    assert files_under(cache) == set()
