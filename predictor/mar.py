@@ -183,7 +183,8 @@ def load_archive(
         return load_checkpoint(checkpoint, device)
     except CheckpointError as error:
         reason = str(error).removeprefix(f"{checkpoint}: ")
-        raise ArchiveError(f"{archive.path}: serialized file {archive.member}: {reason}") from None
+        name = archive.manifest.serialized_file
+        raise ArchiveError(f"{archive.path}: serialized file {name}: {reason}") from None
 
 
 def read_model_store(

@@ -32,7 +32,8 @@ from predictor.mar import (
 )
 from tests.support import random_image, save_responsive_checkpoint
 
-ARCHIVER = Path(sys.executable).parent / "torch-model-archiver"
+# The `torch-model-archiver` command: its console script runs this module's entry point.
+ARCHIVER = [sys.executable, "-m", "model_archiver.model_packaging"]
 FORMATS = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
 SETTINGS = DetectionSettings(conf_threshold=0.25)
 DEFAULT_LIMITS = ArchiveLimits()
@@ -79,7 +80,7 @@ def archiver(tmp_path: Path, handler: Path) -> Callable[..., Path]:
     ) -> Path:
         store = store or tmp_path / "model_store"
         store.mkdir(exist_ok=True)
-        command = [str(ARCHIVER), "--model-name", name, "--version", version]
+        command = [*ARCHIVER, "--model-name", name, "--version", version]
         command += ["--handler", str(handler), "--export-path", str(store)]
         command += ["--archive-format", archive_format, *extra]
         if serialized is not None:
