@@ -53,8 +53,8 @@ COPY predictor/ predictor/
 # The same install CI performs (`pip install .`); torch/torchvision resolve to the
 # TORCH_VARIANT build through the extra index (e.g. 2.14.1+cpu satisfies ==2.14.1).
 # pip also byte-compiles what it installs, so the read-only root filesystem costs no
-# start-up time. The wheel cache is a build cache mount: it speeds up rebuilds and never
-# lands in a layer (the runtime stage copies /opt/venv only).
+# start-up time. The wheel cache is a build cache mount (BuildKit keeps it between builds)
+# and never lands in a layer (the runtime stage copies /opt/venv only).
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --extra-index-url "${TORCH_INDEX_URL}" .
 

@@ -176,6 +176,11 @@ def image_size(tag: str = TEST_IMAGE) -> int:
     return int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
 
 
+def remove_image(tag: str = TEST_IMAGE) -> None:
+    """Free the disk (the base image stays for the next run)."""
+    podman("rmi", "--force", tag, check=False, timeout=300)
+
+
 def installed_packages(tag: str = TEST_IMAGE) -> dict[str, str]:
     """{distribution name: version} of the image's virtual environment."""
     script = (
