@@ -3,8 +3,14 @@
 # YOLOv5 detector served by KServe (V2 / Open Inference Protocol).
 #
 #   CPU image (default):    docker build -t yolov5-kserve:cpu .
-#   CUDA image:             docker build --build-arg TORCH_VARIANT=cu130 -t yolov5-kserve:cuda .
+#   CUDA image:             docker build --build-arg TORCH_VARIANT=cu126 -t yolov5-kserve:cuda .
 #   Air-gapped (baked-in):  docker build --build-arg BAKE_MODEL=true -t yolov5-kserve:bundled .
+#   Other base image:       docker build --build-arg BASE_IMAGE=registry.example.com/python \
+#                             --build-arg BASE_TAG=3.11-slim .
+#
+# CUDA: cu126 wheels carry the CUDA 12.6 runtime and run on NVIDIA driver >= 525.60.13
+# (CUDA minor-version compatibility; docs/deploy.md, "GPU drivers"). cu128 needs the same
+# driver for the GPUs we target but adds Blackwell; cu130 needs driver >= 580.
 #
 # The model is normally NOT in the image: KServe's storage initializer downloads the
 # InferenceService's STORAGE_URI into /mnt/models before the server starts. With
@@ -16,20 +22,25 @@
 # and the ENTRYPOINT against the predictor's own argument parser).
 
 ARG PYTHON_VERSION=3.11
+# Base of both stages, BASE_IMAGE:BASE_TAG: any Debian-based image with python3 (>= 3.11),
+# python3-venv and `python` (tests/image builds on a debootstrapped Debian bookworm).
+ARG BASE_IMAGE=python
+ARG BASE_TAG=${PYTHON_VERSION}-slim
 
 # ---------------------------------------------------------------------------------------
 # builder: a virtual environment holding the project and its pinned dependencies
 # ---------------------------------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim AS builder
+FROM ${BASE_IMAGE}:${BASE_TAG} AS builder
 
-# PyTorch wheel variant: "cpu" (small, no CUDA libraries) or a CUDA build such as
-# "cu130", "cu128" or "cu126" (the CUDA runtime ships inside the wheels; the node only
-# needs the NVIDIA driver and device plugin).
+# PyTorch wheel variant: "cpu" (small, no CUDA libraries) or a CUDA build: "cu126" (the
+# published CUDA image: runs on the widest range of drivers), "cu128", "cu130". The CUDA
+# runtime ships inside the wheels; the node only needs the NVIDIA driver and device plugin.
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 
+# PIP_CACHE_DIR: the cache mount's path whatever HOME the build tool sets.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
+    PIP_CACHE_DIR=/root/.cache/pip \
     PYTHONDONTWRITEBYTECODE=1
 
 RUN python -m venv /opt/venv
@@ -42,13 +53,15 @@ COPY predictor/ predictor/
 # The same install CI performs (`pip install .`); torch/torchvision resolve to the
 # TORCH_VARIANT build through the extra index (e.g. 2.14.1+cpu satisfies ==2.14.1).
 # pip also byte-compiles what it installs, so the read-only root filesystem costs no
-# start-up time.
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" .
+# start-up time. The wheel cache is a build cache mount (BuildKit keeps it between builds)
+# and never lands in a layer (the runtime stage copies /opt/venv only).
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --extra-index-url "${TORCH_INDEX_URL}" .
 
 # ---------------------------------------------------------------------------------------
 # runtime: slim, non-root (uid/gid 10001), read-only-root-filesystem friendly
 # ---------------------------------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${BASE_IMAGE}:${BASE_TAG} AS runtime
 
 ARG BAKE_MODEL=false
 ARG TORCH_VARIANT=cpu
@@ -60,7 +73,13 @@ LABEL org.opencontainers.image.title="yolov5-kserve" \
 
 # Everything that writes at run time goes to /tmp (an emptyDir in the chart), so the
 # root filesystem can be mounted read-only.
-ENV PATH=/opt/venv/bin:$PATH \
+# GKE's device plugin mounts the NVIDIA driver at /usr/local/nvidia (lib64, bin) and sets
+# no environment for it; NVIDIA's CUDA images set these same paths for that reason. On EKS
+# (NVIDIA container toolkit) the driver libraries land in the standard library path and
+# the extra entries are harmless, as they are in the CPU image.
+ENV PATH=/opt/venv/bin:/usr/local/nvidia/bin:$PATH \
+    LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \

@@ -15,16 +15,29 @@ class Case:
     storage_scheme: str = "https"
     # Knative feature flags (config-features) this configuration legitimately needs.
     knative_flags: frozenset[str] = frozenset()
-    # Standard-mode canary: a second InferenceService ("<name>-canary") and an HTTPRoute.
-    canary_isvc: bool = False
-    httproute: bool = False
+    # Standard-mode canary: spec.canary in the one InferenceService.
+    canary: bool = False
+    pod_monitor: bool = False
+
+    @property
+    def runtime(self) -> bool:
+        """The ServingRuntime form (every case but the custom-container one)."""
+        return "ci-pvc" not in self.id
 
     @property
     def kinds(self) -> list[str]:
         """The kinds `helm template` renders for this case (sorted)."""
-        kinds = ["InferenceService"] * (2 if self.canary_isvc else 1)
-        kinds += ["ServiceAccount"] if "ci-pvc" not in self.id else []
-        kinds += ["HTTPRoute"] if self.httproute else []
+        kinds = ["InferenceService"]
+        kinds += ["ServiceAccount", "ServingRuntime"] if self.runtime else []
+        # The GPU profiles' disruption budget (Standard mode: Knative owns its replicas).
+        kinds += (
+            ["PodDisruptionBudget"]
+            if self.cloud
+            and self.values_files[:1] in (("values-eks.yaml",), ("values-gke.yaml",))
+            and not self.knative
+            else []
+        )
+        kinds += ["PodMonitor"] if self.pod_monitor else []
         return sorted(kinds)
 
     @property
@@ -61,6 +74,15 @@ CASES: list[Case] = [
         id="ci-keda",
         values_files=("ci/keda-values.yaml",),
         cloud="eks",
+        pod_monitor=True,
+    ),
+    Case(
+        id="eks-keda-preset",
+        values_files=("values-eks.yaml", "values-keda.yaml"),
+        set_values={"autoscaling.keda.prometheusAddress": "http://prometheus.monitoring:9090"},
+        cloud="eks",
+        storage_scheme="s3",
+        pod_monitor=True,
     ),
     Case(
         id="ci-pvc-airgapped",
@@ -68,12 +90,7 @@ CASES: list[Case] = [
         storage_scheme="pvc",
     ),
     Case(id="ci-canary-knative", values_files=("ci/canary-knative-values.yaml",)),
-    Case(
-        id="ci-canary-standard",
-        values_files=("ci/canary-standard-values.yaml",),
-        canary_isvc=True,
-        httproute=True,
-    ),
+    Case(id="ci-canary-standard", values_files=("ci/canary-standard-values.yaml",), canary=True),
     Case(
         id="eks-canary-standard",
         values_files=("values-eks.yaml",),
@@ -81,12 +98,10 @@ CASES: list[Case] = [
             "canary.enabled": True,
             "canary.trafficPercent": 25,
             "canary.storageUri": "s3://my-models-bucket/yolov5/yolov5s-v2/",
-            "httpRoute.enabled": True,
         },
         cloud="eks",
         storage_scheme="s3",
-        canary_isvc=True,
-        httproute=True,
+        canary=True,
     ),
     Case(
         id="gke-canary-knative",

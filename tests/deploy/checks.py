@@ -70,12 +70,16 @@ def assert_admissible(isvc: dict[str, Any], allowed_knative_flags: set[str] = fr
         )
 
 
-def assert_gpu_scheduling(isvc: dict[str, Any], cloud: str, count: int = 1) -> None:
+def assert_gpu_scheduling(
+    isvc: dict[str, Any], cloud: str, count: int = 1, resource: str = GPU_RESOURCE
+) -> None:
+    """Requests `resource` (a MIG profile or the whole GPU) and tolerates the GPU taint,
+    whose key is nvidia.com/gpu whatever the resource."""
     p = predictor(isvc)
     resources = kserve_container(isvc)["resources"]
     for section in ("requests", "limits"):
-        assert str(resources[section].get(GPU_RESOURCE)) == str(count), (
-            f"{section} must ask for {count} {GPU_RESOURCE}: {resources}"
+        assert str(resources[section].get(resource)) == str(count), (
+            f"{section} must ask for {count} {resource}: {resources}"
         )
     assert GPU_TOLERATION in p.get("tolerations", []), (
         f"must tolerate the GPU taint {GPU_TOLERATION}: {p.get('tolerations')}"
@@ -187,16 +191,21 @@ def assert_autoscaling(isvc: dict[str, Any]) -> None:
 
 
 def assert_storage(isvc: dict[str, Any], scheme: str | None) -> None:
-    """The model comes from STORAGE_URI on kserve-container (custom-container contract)."""
+    """The model comes from `model.storageUri` (runtime form) or STORAGE_URI on
+    kserve-container (custom-container contract)."""
     p = predictor(isvc)
-    assert "storageUri" not in p and "storageUris" not in p, "custom containers use STORAGE_URI"
+    assert "storageUri" not in p and "storageUris" not in p, "the model's storageUri, not the pod's"
+    if "model" in p:
+        assert p["model"]["modelFormat"] == {"name": "yolov5"}, p["model"]["modelFormat"]
+        assert p["model"]["protocolVersion"] == "v2"
     uri = kserve_rules.storage_uri(isvc)
     if scheme is None:
         assert uri is None
     else:
         assert uri and uri.startswith(f"{scheme}://"), f"STORAGE_URI {uri!r} is not {scheme}://"
-    names = [e["name"] for e in kserve_container(isvc).get("env", [])]
-    assert names.count("STORAGE_URI") <= 1
+    if "containers" in p:
+        names = [e["name"] for e in kserve_container(isvc).get("env", [])]
+        assert names.count("STORAGE_URI") <= 1
 
 
 def assert_ports(isvc: dict[str, Any]) -> None:
@@ -214,3 +223,19 @@ def assert_all(isvc: dict[str, Any], model_name: str) -> None:
     assert_security(isvc)
     assert_autoscaling(isvc)
     assert_ports(isvc)
+
+
+def pod_monitor_errors(monitor: dict[str, Any]) -> list[str]:
+    """A Prometheus Operator PodMonitor that scrapes the predictor pods' /metrics."""
+    errors = []
+    if monitor.get("apiVersion") != "monitoring.coreos.com/v1":
+        errors.append(f"apiVersion {monitor.get('apiVersion')!r}")
+    labels = monitor["spec"]["selector"].get("matchLabels", {})
+    if labels.get("component") != "predictor" or not labels.get(
+        "serving.kserve.io/inferenceservice"
+    ):
+        errors.append(f"must select KServe's predictor pod labels, not {labels}")
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        if endpoint.get("path") != "/metrics" or endpoint.get("port") not in ("http1", "user-port"):
+            errors.append(f"scrape /metrics on the HTTP port: {endpoint}")
+    return errors

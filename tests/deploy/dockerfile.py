@@ -68,11 +68,15 @@ class Dockerfile:
         return next(s for s in self.stages if s.name == name)
 
     def resolved_base(self, stage: Stage) -> str:
-        return re.sub(
-            r"\$\{(\w+)\}|\$(\w+)",
-            lambda m: self.global_args.get(m.group(1) or m.group(2), m.group(0)),
-            stage.base,
-        )
+        """FROM with the global ARG defaults substituted (an ARG may name another)."""
+        base = stage.base
+        for _ in range(len(self.global_args) + 1):
+            base = re.sub(
+                r"\$\{(\w+)\}|\$(\w+)",
+                lambda m: self.global_args.get(m.group(1) or m.group(2), m.group(0)),
+                base,
+            )
+        return base
 
 
 def parse(path: Path) -> Dockerfile:

@@ -113,11 +113,58 @@ def webhook_errors(isvc: dict[str, Any]) -> list[str]:
     else:
         errors += _kpa_errors(predictor)
 
+    errors += _canary_errors(isvc)
     lo, hi = predictor.get("minReplicas"), predictor.get("maxReplicas")
     if lo is not None and lo < 0:
         errors.append("minReplicas must be >= 0")
     if lo is not None and hi is not None and hi != 0 and hi < lo:
         errors.append("maxReplicas must be >= minReplicas")
+    return errors
+
+
+def _canary_errors(isvc: dict[str, Any]) -> list[str]:
+    """validateCanarySpecs (inference_service_validation.go, KServe 0.21)."""
+    canaries = isvc.get("spec", {}).get("canary", [])
+    if not canaries:
+        return []
+    errors = []
+    if deployment_mode(isvc) != "Standard":
+        errors.append("canary is only supported in Standard deployment mode")
+    if storage_uri(isvc) is None:
+        errors.append("canary requires a stable predictor with a model")
+    stable = isvc["spec"]["predictor"]
+    names = [c.get("predictor", {}).get("name", "") for c in canaries]
+    if "" in names or len(set(names)) != len(names) or stable.get("name") in names:
+        errors.append(f"canary predictor names must be set, distinct and not the stable's: {names}")
+    for canary in canaries:
+        predictor = canary.get("predictor", {})
+        for field in ("maxReplicas", "scaleTarget", "scaleMetric", "autoScaling", "workerSpec"):
+            if predictor.get(field):
+                errors.append(f"canary {predictor.get('name')!r} must not set {field}")
+        if predictor.get("minReplicas", 0) > stable.get("minReplicas", 1):
+            errors.append("canary minReplicas must not exceed the stable predictor's")
+    if sum(c.get("trafficPercent", 0) for c in canaries) > 100:
+        errors.append("sum of canary trafficPercent values must be <= 100")
+    return errors
+
+
+def runtime_errors(runtime: dict[str, Any]) -> list[str]:
+    """What KServe needs of a single-model runtime for the InferenceServices we render."""
+    errors = []
+    spec = runtime["spec"]
+    containers = spec.get("containers", [])
+    if [c.get("name") for c in containers][:1] != ["kserve-container"]:
+        errors.append("the first container must be kserve-container")
+    if spec.get("multiModel"):
+        errors.append("multiModel runtimes need ModelMesh")
+    ports = [p for c in containers for p in c.get("ports", [])]
+    protocols = spec.get("protocolVersions", [])
+    if "v2" not in protocols:
+        errors.append("protocolVersions must include v2 (the InferenceServices say v2)")
+    if ("grpc-v2" in protocols) != any(p.get("name") == "h2c" for p in ports):
+        errors.append("grpc-v2 is declared exactly when the gRPC port (h2c) is exposed")
+    if not any(f.get("name") == "yolov5" for f in spec.get("supportedModelFormats", [])):
+        errors.append("supportedModelFormats must list yolov5")
     return errors
 
 
@@ -258,4 +305,8 @@ def _storage_uri(predictor: dict[str, Any]) -> str | None:
 
 
 def storage_uri(isvc: dict[str, Any]) -> str | None:
-    return _storage_uri(isvc["spec"]["predictor"])
+    """`predictor.model.storageUri` (runtime form) or STORAGE_URI (custom container)."""
+    predictor = isvc["spec"]["predictor"]
+    if "model" in predictor:
+        return predictor["model"].get("storageUri")
+    return _storage_uri(predictor)

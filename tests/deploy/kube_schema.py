@@ -1,7 +1,8 @@
 """Strict schema validation of what we ship, the way the API server would do it.
 
-* InferenceService: the `openAPIV3Schema` of `v1beta1` from KServe's CRD, stored in
-  `schemas/inferenceservice-v1beta1.json` (so a fresh clone needs nothing else). The API
+* InferenceService, ServingRuntime, ClusterServingRuntime: the `openAPIV3Schema` of their
+  version from KServe's CRDs, stored in `schemas/<kind>-<version>.json` (so a fresh clone
+  needs nothing else). The API
   server prunes or (with strict field validation, kubectl's default) rejects unknown
   fields of a structural schema; jsonschema would silently accept them, so `strictify`
   injects `additionalProperties: false` wherever `properties` is declared and the schema
@@ -10,9 +11,11 @@
 * Core objects (ServiceAccount, and the pod KServe will create from the predictor spec):
   the strict Kubernetes JSON schemas that ship with `kubernetes-validate`.
 
-Regenerate the stored CRD schema after a KServe upgrade with
+Regenerate the stored CRD schemas after a KServe upgrade with
 
-    python -m tests.deploy.kube_schema path/to/serving.kserve.io_inferenceservices.yaml
+    python -m tests.deploy.kube_schema path/to/serving.kserve.io_inferenceservices.yaml \
+        path/to/serving.kserve.io_servingruntimes.yaml \
+        path/to/serving.kserve.io_clusterservingruntimes.yaml
 """
 
 from __future__ import annotations
@@ -32,8 +35,15 @@ import kubernetes_validate
 import yaml
 from referencing import Registry, Resource
 
-SCHEMA_FILE = Path(__file__).parent / "schemas" / "inferenceservice-v1beta1.json"
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+SCHEMA_FILE = SCHEMA_DIR / "inferenceservice-v1beta1.json"
 CRD_VERSION = "v1beta1"
+# The KServe kinds we ship, with the version stored for each.
+CRD_KINDS = {
+    "InferenceService": "v1beta1",
+    "ServingRuntime": "v1alpha1",
+    "ClusterServingRuntime": "v1alpha1",
+}
 # Kubernetes versions core objects are checked against: the chart's minimum and the
 # newest that kubernetes-validate knows.
 K8S_VERSIONS = ("1.29", ".".join(kubernetes_validate.latest_version().split(".")[:2]))
@@ -46,15 +56,21 @@ _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 # --------------------------------------------------------------------------------------
 
 
+def schema_file(kind: str) -> Path:
+    return SCHEMA_DIR / f"{kind.lower()}-{CRD_KINDS[kind]}.json"
+
+
 def extract_from_crd(crd_path: Path, source: str) -> dict[str, Any]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD is 2 MB of YAML
     crd = yaml.load(crd_path.read_text(), Loader=loader)
     assert crd["kind"] == "CustomResourceDefinition", crd_path
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == CRD_VERSION)
+    kind = crd["spec"]["names"]["kind"]
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == CRD_KINDS[kind])
     return {
         "source": {
             "crd": crd["metadata"]["name"],
-            "version": CRD_VERSION,
+            "kind": kind,
+            "version": CRD_KINDS[kind],
             "from": source,
             "crd_sha256": hashlib.sha256(crd_path.read_bytes()).hexdigest(),
             "controller_gen": crd["metadata"]
@@ -67,8 +83,8 @@ def extract_from_crd(crd_path: Path, source: str) -> dict[str, Any]:
 
 
 @functools.cache
-def stored_crd_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_FILE.read_text())
+def stored_crd_schema(kind: str = "InferenceService") -> dict[str, Any]:
+    return json.loads(schema_file(kind).read_text())
 
 
 def strictify(schema: dict[str, Any]) -> dict[str, Any]:
@@ -153,8 +169,8 @@ _CRDValidator = jsonschema.validators.extend(
 
 
 @functools.cache
-def isvc_validator() -> jsonschema.protocols.Validator:
-    schema = strictify(stored_crd_schema()["openAPIV3Schema"])
+def crd_validator(kind: str = "InferenceService") -> jsonschema.protocols.Validator:
+    schema = strictify(stored_crd_schema(kind)["openAPIV3Schema"])
     _CRDValidator.check_schema(schema)
     return _CRDValidator(schema, format_checker=_format_checker)
 
@@ -163,18 +179,23 @@ def _path(error: jsonschema.ValidationError) -> str:
     return "." + ".".join(str(p) for p in error.absolute_path) if error.absolute_path else "."
 
 
-def isvc_errors(obj: dict[str, Any]) -> list[str]:
+def crd_errors(obj: dict[str, Any], kind: str) -> list[str]:
     """CRD schema errors plus ObjectMeta errors (the CRD leaves metadata to the server)."""
     errors = [
         f"{_path(e)}: {e.message}"
-        for e in sorted(isvc_validator().iter_errors(obj), key=lambda e: list(e.absolute_path))
+        for e in sorted(crd_validator(kind).iter_errors(obj), key=lambda e: list(e.absolute_path))
     ]
-    if obj.get("apiVersion") != "serving.kserve.io/v1beta1":
-        errors.append(f".apiVersion: {obj.get('apiVersion')!r} is not serving.kserve.io/v1beta1")
-    if obj.get("kind") != "InferenceService":
-        errors.append(f".kind: {obj.get('kind')!r} is not InferenceService")
+    api_version = f"serving.kserve.io/{CRD_KINDS[kind]}"
+    if obj.get("apiVersion") != api_version:
+        errors.append(f".apiVersion: {obj.get('apiVersion')!r} is not {api_version}")
+    if obj.get("kind") != kind:
+        errors.append(f".kind: {obj.get('kind')!r} is not {kind}")
     errors += [f".metadata{e}" for e in object_meta_errors(obj.get("metadata", {}))]
     return errors
+
+
+def isvc_errors(obj: dict[str, Any]) -> list[str]:
+    return crd_errors(obj, "InferenceService")
 
 
 # --------------------------------------------------------------------------------------
@@ -237,23 +258,27 @@ def predictor_pod(isvc: dict[str, Any]) -> dict[str, Any]:
         _definitions(K8S_VERSIONS[-1]).contents["$defs"]["io.k8s.api.core.v1.PodSpec"]["properties"]
     )
     spec = {k: copy.deepcopy(v) for k, v in predictor.items() if k in pod_fields}
+    # A named predictor (a Standard-mode canary) runs as <isvc>-<name>-predictor.
+    name = "-".join(filter(None, (isvc["metadata"]["name"], predictor.get("name"), "predictor")))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": f"{isvc['metadata']['name']}-predictor"},
+        "metadata": {"name": name},
         "spec": spec,
     }
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if not argv:
         print(__doc__)
         return 2
-    crd_path = Path(argv[0])
-    data = extract_from_crd(crd_path, source=f"kserve charts/kserve-crd ({crd_path.name})")
-    SCHEMA_FILE.parent.mkdir(parents=True, exist_ok=True)
-    SCHEMA_FILE.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
-    print(f"wrote {SCHEMA_FILE} ({SCHEMA_FILE.stat().st_size} bytes)")
+    for arg in argv:
+        crd_path = Path(arg)
+        data = extract_from_crd(crd_path, source=f"kserve charts/kserve-crd ({crd_path.name})")
+        path = schema_file(data["source"]["kind"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
     return 0
 
 

@@ -1,9 +1,12 @@
-"""Canary / A-B rollout of a new checkpoint version (chart values `canary.*`, `httpRoute.*`).
+"""Canary / A-B rollout of a new checkpoint version (chart values `canary.*`).
 
 Knative mode: one InferenceService whose predictor carries KServe's `canaryTrafficPercent`
-(a field of the v1beta1 CRD); the changed STORAGE_URI makes the new revision the candidate.
-Standard mode: KServe cannot split traffic, so the chart adds the candidate as a second
-InferenceService and a Gateway API HTTPRoute weighs the two predictor Services.
+(a field of the v1beta1 CRD); the changed model makes the new revision the candidate.
+Standard mode (KServe >= 0.21): the InferenceService's own `spec.canary[]`. KServe runs the
+candidate as Deployment `<name>-<canary.name>-predictor` with fixed replicas and, once its
+pods are ready, weighs the HTTPRoute it manages (applyCanaryWeights in
+pkg/controller/v1beta1/inferenceservice/reconcilers/ingress/httproute_reconciler.go): no
+route of ours can send traffic to a Service that is not there yet.
 
 The promote and roll-back sequences of docs/deploy.md are replayed step by step on the
 rendered objects: each step changes only what the rollout needs (in Knative mode a change
@@ -19,41 +22,39 @@ from typing import Any
 import pytest
 import yaml
 
-from . import checks, gateway_api, kserve_rules, kube_schema, tools
+from . import checks, kserve_rules, kserve_runtime, kube_schema, tools, validate
 
 pytestmark = pytest.mark.usefixtures("helm")
 
 VALUES = yaml.safe_load((tools.CHART_DIR / "values.yaml").read_text())
 V1 = "s3://models/yolov5/detector/v1/"
 V2 = "s3://models/yolov5/detector/v2/"
-STANDARD = {"deploymentMode": "Standard", "model.storageUri": V1, "httpRoute.enabled": True}
+STANDARD = {"deploymentMode": "Standard", "model.storageUri": V1}
 KNATIVE = {"deploymentMode": "Knative", "model.storageUri": V1}
 DOCS = (tools.REPO_ROOT / "docs" / "deploy.md").read_text()
 
 
-def _render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    return tools.render(set_values={"fullnameOverride": "yolov5", **values})
+def _render(values: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+    return tools.render(set_values={"fullnameOverride": "yolov5", **values}, **kwargs)
 
 
-def _isvcs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in tools.by_kind(objects, "InferenceService")}
-
-
-def _route(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    return tools.one(objects, "HTTPRoute")
+def _isvc(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return tools.one(objects, "InferenceService")
 
 
 def _assert_valid(objects: list[dict[str, Any]], knative: bool) -> None:
-    isvcs = _isvcs(objects)
-    for isvc in isvcs.values():
-        assert not kube_schema.isvc_errors(isvc), kube_schema.isvc_errors(isvc)
-        assert not kube_schema.core_errors(kube_schema.predictor_pod(isvc))
-        checks.assert_admissible(isvc)
-        checks.assert_all(isvc, VALUES["model"]["name"])
-        assert checks.is_knative(isvc) == knative
-    for route in tools.by_kind(objects, "HTTPRoute"):
-        errors = gateway_api.route_errors(route, set(isvcs))
-        assert not errors, errors
+    validate.assert_valid(objects, set())
+    isvc = _isvc(objects)
+    stable, *canaries = validate.predictor_forms(isvc, validate.runtimes_for(objects))
+    checks.assert_all(stable, "yolov5")
+    for pod in canaries:
+        checks.assert_probes(pod, "yolov5")
+        checks.assert_security(pod)
+    assert checks.is_knative(stable) == knative
+
+
+def _set_model(isvc: dict[str, Any], uri: str) -> None:
+    checks.predictor(isvc)["model"]["storageUri"] = uri
 
 
 def _without(isvc: dict[str, Any], *fields: str) -> dict[str, Any]:
@@ -86,37 +87,37 @@ def test_knative_canary(percent: int) -> None:
             "canary.trafficPercent": percent,
         }
     )
-    assert sorted(o["kind"] for o in objects) == ["InferenceService", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objects) == [
+        "InferenceService", "ServiceAccount", "ServingRuntime"
+    ]  # fmt: skip
     _assert_valid(objects, knative=True)
-    (isvc,) = _isvcs(objects).values()
+    isvc = _isvc(objects)
     # 0 (roll back) must be rendered, not dropped as a false value.
     assert checks.predictor(isvc)["canaryTrafficPercent"] == percent
     assert kserve_rules.storage_uri(isvc) == V2, "the new revision serves the candidate"
     assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-tag-routing"] == "true"
-    errors, flags = kserve_rules.knative_errors(isvc)
+    pod = kserve_runtime.custom_form(isvc, validate.runtimes_for(objects))
+    errors, flags = kserve_rules.knative_errors(pod)
     assert not errors and not flags, (errors, flags)
 
 
 def test_knative_without_canary_has_no_canary_field() -> None:
-    (isvc,) = _isvcs(_render(KNATIVE)).values()
+    isvc = _isvc(_render(KNATIVE))
     assert "canaryTrafficPercent" not in checks.predictor(isvc)
     assert kserve_rules.storage_uri(isvc) == V1
     # Tag routing is on whether or not a canary runs: starting one adds no revision.
     assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-tag-routing"] == "true"
-    (plain,) = _isvcs(_render({**KNATIVE, "canary.tagRouting": False})).values()
+    plain = _isvc(_render({**KNATIVE, "canary.tagRouting": False}))
     assert "serving.kserve.io/enable-tag-routing" not in plain["metadata"]["annotations"]
 
 
 def test_knative_canary_changes_only_the_model_and_the_split() -> None:
-    (stable,) = _isvcs(_render(KNATIVE)).values()
-    (canary,) = _isvcs(
-        _render({**KNATIVE, "canary.enabled": True, "canary.storageUri": V2})
-    ).values()
+    stable = _isvc(_render(KNATIVE))
+    canary = _isvc(_render({**KNATIVE, "canary.enabled": True, "canary.storageUri": V2}))
     assert canary["metadata"] == stable["metadata"]
     expected = copy.deepcopy(stable)
     expected["spec"]["predictor"]["canaryTrafficPercent"] = 10
-    env = checks.kserve_container(expected)["env"]
-    next(e for e in env if e["name"] == "STORAGE_URI")["value"] = V2
+    _set_model(expected, V2)
     assert canary == expected
 
 
@@ -126,8 +127,7 @@ def test_knative_promote_and_roll_back_steps() -> None:
     canary = {**KNATIVE, "canary.enabled": True, "canary.storageUri": V2}
 
     def isvc(values: dict[str, Any]) -> dict[str, Any]:
-        (out,) = _isvcs(_render(values)).values()
-        return out
+        return _isvc(_render(values))
 
     start = isvc(canary)
     # Promote: 100 %, then the stable value follows, then the canary ends.
@@ -149,138 +149,97 @@ def test_knative_promote_and_roll_back_steps() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Standard: a second InferenceService behind a weighted HTTPRoute
+# Standard: spec.canary
 # --------------------------------------------------------------------------------------
 
 
+def test_crd_has_spec_canary() -> None:
+    spec = kube_schema.stored_crd_schema()["openAPIV3Schema"]["properties"]["spec"]
+    canary = spec["properties"]["canary"]["items"]
+    assert set(canary["required"]) == {"predictor", "trafficPercent"}
+    assert canary["properties"]["trafficPercent"]["maximum"] == 100
+
+
 @pytest.mark.parametrize("percent", [0, 10, 50, 100])
-def test_standard_canary(percent: int) -> None:
+@pytest.mark.parametrize("runtime", [True, False], ids=["runtime", "custom-container"])
+def test_standard_canary(percent: int, runtime: bool) -> None:
     objects = _render(
         {
             **STANDARD,
+            "servingRuntime.enabled": runtime,
+            **({} if runtime else {"model.name": "yolov5"}),
             "canary.enabled": True,
             "canary.storageUri": V2,
             "canary.trafficPercent": percent,
         }
     )
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["HTTPRoute", "InferenceService", "InferenceService", "ServiceAccount"]
+    assert kinds == ["InferenceService", "ServiceAccount"] + (["ServingRuntime"] if runtime else [])
     _assert_valid(objects, knative=False)
-    isvcs = _isvcs(objects)
-    assert set(isvcs) == {"yolov5", "yolov5-canary"}
-    assert kserve_rules.storage_uri(isvcs["yolov5"]) == V1
-    assert kserve_rules.storage_uri(isvcs["yolov5-canary"]) == V2
-    for isvc in isvcs.values():
-        assert "canaryTrafficPercent" not in checks.predictor(isvc), "no split in Standard mode"
-    assert isvcs["yolov5-canary"]["metadata"]["labels"]["app.kubernetes.io/component"] == (
-        "inference-canary"
-    )
-    route = _route(objects)
-    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
-    assert route["metadata"]["name"] == "yolov5-split"
-    assert gateway_api.weights(route) == {
-        "yolov5-predictor": 100 - percent,
-        "yolov5-canary-predictor": percent,
-    }
-    assert sum(gateway_api.weights(route).values()) == 100
+    isvc = _isvc(objects)
+    (canary,) = isvc["spec"]["canary"]
+    assert canary["trafficPercent"] == percent
+    assert canary["predictor"]["name"] == VALUES["canary"]["name"]
+    assert "canaryTrafficPercent" not in checks.predictor(isvc), "Knative's field only"
+    assert kserve_rules.storage_uri(isvc) == V1
+    (candidate,) = kserve_runtime.canary_predictors(isvc)
+    assert kserve_rules.storage_uri(candidate) == V2
 
 
 def test_standard_candidate_is_the_stable_predictor_but_for_the_model() -> None:
-    stable = _isvcs(_render(STANDARD))["yolov5"]
-    isvcs = _isvcs(_render({**STANDARD, "canary.enabled": True, "canary.storageUri": V2}))
-    assert isvcs["yolov5"] == stable, "starting a canary leaves the stable service alone"
-    candidate = copy.deepcopy(isvcs["yolov5-canary"])
-    candidate["metadata"]["name"] = "yolov5"
-    candidate["metadata"]["labels"]["app.kubernetes.io/component"] = "inference"
-    env = checks.kserve_container(candidate)["env"]
-    next(e for e in env if e["name"] == "STORAGE_URI")["value"] = V1
-    assert candidate == stable
-
-
-def test_standard_route_without_canary() -> None:
-    objects = _render({**STANDARD, "httpRoute.hostnames[0]": "yolov5.example.com"})
-    _assert_valid(objects, knative=False)
-    assert list(_isvcs(objects)) == ["yolov5"]
-    route = _route(objects)
-    assert gateway_api.weights(route) == {"yolov5-predictor": 100}
-    assert route["spec"]["hostnames"] == ["yolov5.example.com"]
-    assert route["spec"]["parentRefs"] == VALUES["httpRoute"]["parentRefs"]
-    (rule,) = route["spec"]["rules"]
-    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
-    assert rule["timeouts"] == {"request": f"{VALUES['requestTimeoutSeconds']}s"}
-
-
-def test_route_values_flow_through() -> None:
-    objects = _render(
-        {
-            **STANDARD,
-            "httpRoute.parentRefs[0].name": "public",
-            "httpRoute.parentRefs[0].namespace": "gateways",
-            "httpRoute.parentRefs[0].sectionName": "https",
-            "httpRoute.pathPrefix": "/v2/models/yolov5",
-            "httpRoute.annotations.example\\.com/team": "vision",
-            "requestTimeoutSeconds": 120,
-        }
-    )
-    route = _route(objects)
-    assert route["spec"]["parentRefs"] == [
-        {"name": "public", "namespace": "gateways", "sectionName": "https"}
-    ]
-    (rule,) = route["spec"]["rules"]
-    assert rule["matches"][0]["path"]["value"] == "/v2/models/yolov5"
-    assert rule["timeouts"]["request"] == "120s"
-    assert route["metadata"]["annotations"] == {"example.com/team": "vision"}
-    assert not gateway_api.route_errors(route, {"yolov5"})
+    """What KServe runs for the canary (stable fields merged with the canary's) differs
+    from the stable predictor in the model only, and in the autoscaling KServe drops."""
+    stable = _isvc(_render(STANDARD))
+    isvc = _isvc(_render({**STANDARD, "canary.enabled": True, "canary.storageUri": V2}))
+    without_canary = copy.deepcopy(isvc)
+    without_canary["spec"].pop("canary")
+    assert without_canary == stable, "starting a canary leaves the stable predictor alone"
+    (candidate,) = kserve_runtime.canary_predictors(isvc)
+    _set_model(candidate, V1)
+    expected = kserve_runtime.canary_free(stable)
+    for field in kserve_runtime.CANARY_AUTOSCALING_FIELDS:
+        checks.predictor(expected).pop(field, None)
+    checks.predictor(candidate).pop("name")
+    assert candidate == expected
 
 
 def test_standard_promote_and_roll_back_steps() -> None:
     canary = {**STANDARD, "canary.enabled": True, "canary.storageUri": V2}
-    # Promote: all traffic to the candidate, the stable service rolls to it (at 0 %), end.
-    full = _render({**canary, "canary.trafficPercent": 100})
-    moved = _render({**canary, "canary.trafficPercent": 100, "model.storageUri": V2})
-    done = _render({**STANDARD, "model.storageUri": V2})
-    assert gateway_api.weights(_route(full))["yolov5-predictor"] == 0
-    assert gateway_api.weights(_route(moved))["yolov5-predictor"] == 0
-    assert kserve_rules.storage_uri(_isvcs(moved)["yolov5"]) == V2
-    assert gateway_api.weights(_route(done)) == {"yolov5-predictor": 100}
-    assert _isvcs(done) == {"yolov5": _isvcs(moved)["yolov5"]}
+    # Promote: all traffic to the candidate, the stable predictor rolls to it, end.
+    full = _isvc(_render({**canary, "canary.trafficPercent": 100}))
+    moved = _isvc(_render({**canary, "canary.trafficPercent": 100, "model.storageUri": V2}))
+    done = _isvc(_render({**STANDARD, "model.storageUri": V2}))
+    assert full["spec"]["canary"][0]["trafficPercent"] == 100
+    assert kserve_rules.storage_uri(moved) == V2
+    assert kserve_runtime.canary_free(moved) == done
     # Roll back: no traffic to the candidate, then it goes; the stable one never changed.
-    zero = _render({**canary, "canary.trafficPercent": 0})
-    ended = _render(STANDARD)
-    assert gateway_api.weights(_route(zero))["yolov5-canary-predictor"] == 0
-    assert _isvcs(zero)["yolov5"] == _isvcs(ended)["yolov5"]
+    zero = _isvc(_render({**canary, "canary.trafficPercent": 0}))
+    ended = _isvc(_render(STANDARD))
+    assert zero["spec"]["canary"][0]["trafficPercent"] == 0
+    assert kserve_runtime.canary_free(zero) == ended
 
 
-def test_route_validator_rejects() -> None:
-    route = _route(_render({**STANDARD, "canary.enabled": True, "canary.storageUri": V2}))
-    names = {"yolov5", "yolov5-canary"}
-    assert gateway_api.route_errors(route, names) == []
+def test_canary_rules_reject() -> None:
+    isvc = _isvc(_render({**STANDARD, "canary.enabled": True, "canary.storageUri": V2}))
+    assert kserve_rules.webhook_errors(isvc) == []
 
     def broken(edit) -> list[str]:
-        bad = copy.deepcopy(route)
+        bad = copy.deepcopy(isvc)
         edit(bad)
-        return gateway_api.route_errors(bad, names)
-
-    refs = ["spec", "rules", 0, "backendRefs"]
-
-    def at(obj: Any, path: list[Any]) -> Any:
-        for key in path:
-            obj = obj[key]
-        return obj
+        return kserve_rules.webhook_errors(bad)
 
     cases = [
-        (lambda r: at(r, refs)[1].update(weight=20), "sum to 110"),
-        (lambda r: at(r, refs)[0].pop("port"), "Must have port"),
-        (lambda r: at(r, refs)[0].update(weight=-1), "less than the minimum"),
-        (lambda r: at(r, refs)[0].update(weigth=5), "'weigth' was unexpected"),
-        (lambda r: at(r, refs)[1].update(name="other-predictor"), "not one of the predictors"),
-        (lambda r: r["spec"].update(hostname=["x"]), "'hostname' was unexpected"),
-        (lambda r: r["spec"].update(hostnames=["Bad_Host"]), "does not match"),
-        (lambda r: r.update(apiVersion="gateway.networking.k8s.io/v1beta2"), "was expected"),
-        (lambda r: at(r, ["spec", "rules", 0, "timeouts"]).update(request="1 minute"), "match"),
-        (lambda r: at(r, ["spec", "rules", 0, "matches", 0, "path"]).update(value="v2"), "path"),
-        (lambda r: r["spec"].update(parentRefs=[]), "no parentRefs"),
-        (lambda r: r["metadata"].update(name="Yolov5_split"), "metadata"),
+        (lambda i: i["spec"]["canary"][0]["predictor"].update(maxReplicas=3), "maxReplicas"),
+        (lambda i: i["spec"]["canary"][0]["predictor"].update(name=""), "names"),
+        (lambda i: i["spec"]["canary"].append(copy.deepcopy(i["spec"]["canary"][0])), "names"),
+        (lambda i: i["spec"]["canary"][0].update(trafficPercent=101), "<= 100"),
+        (
+            lambda i: i["metadata"]["annotations"].update(
+                {kserve_rules.DEPLOYMENT_MODE: "Knative"}
+            ),
+            "only supported in Standard",
+        ),
+        (lambda i: i["spec"]["predictor"]["model"].pop("storageUri"), "stable predictor"),
     ]
     for edit, message in cases:
         errors = broken(edit)
@@ -303,12 +262,12 @@ def test_docs_give_promote_and_roll_back_commands() -> None:
         '--set canary.storageUri=""',
         "kubectl patch isvc",
         "canaryTrafficPercent",
-        "kubectl patch httproute",
+        "spec.canary",
         "manifests/canary/",
     ):
         assert needle in section, needle
     # Every value the section names exists in the chart.
-    for path in set(re.findall(r"--set ((?:canary|httpRoute|model)\.[A-Za-z.]+)=", section)):
+    for path in set(re.findall(r"--set ((?:canary|model)\.[A-Za-z.]+)=", section)):
         node: Any = VALUES
         for key in path.split("."):
             assert key in node, path
@@ -318,23 +277,22 @@ def test_docs_give_promote_and_roll_back_commands() -> None:
 def test_notes_describe_the_canary() -> None:
     notes = tools.helm_notes(["ci/canary-standard-values.yaml"])
     assert "Canary: 10 % of the requests go to the candidate" in notes
-    assert "InferenceService yolov5-yolov5-kserve-canary" in notes
-    assert "kubectl get httproute -n models yolov5-yolov5-kserve-split" in notes
+    assert "Deployment yolov5-yolov5-kserve-candidate-predictor" in notes
     notes = tools.helm_notes(["ci/canary-knative-values.yaml"])
     assert "Canary: 10 % of the requests go to the candidate" in notes
-    assert "PREV / LATEST" in notes and "httproute" not in notes
+    assert "PREV / LATEST" in notes
     assert "Canary" not in tools.helm_notes()
 
 
 def test_candidate_name_fits_kserve_limits() -> None:
-    """KServe names the candidate's objects "<name>-canary-predictor": at most 63 chars."""
-    objects = tools.render(
-        set_values={"canary.enabled": True, "canary.storageUri": V2, "httpRoute.enabled": True},
-        release="a" * 53,  # helm's longest release name
-    )
-    isvcs = _isvcs(objects)
-    assert len(isvcs) == 2
-    for name, isvc in isvcs.items():
-        assert len(f"{name}-predictor") <= 63, name
-        assert not kserve_rules.webhook_errors(isvc)
-    assert not gateway_api.route_errors(_route(objects), set(isvcs))
+    """KServe names the candidate's objects "<name>-<canary.name>-predictor": <= 63 chars."""
+    canary = {"canary.enabled": True, "canary.storageUri": V2}
+    release = "a" * 53  # helm's longest release name: a 45-character InferenceService
+    proc = tools.helm_template(set_values=canary, release=release, check=False)
+    assert proc.returncode != 0
+    assert "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-candidate-predictor" in proc.stderr
+    assert "65 characters (at most 63)" in proc.stderr
+    isvc = _isvc(tools.render(set_values={**canary, "canary.name": "v2"}, release=release))
+    name = f"{isvc['metadata']['name']}-{isvc['spec']['canary'][0]['predictor']['name']}"
+    assert len(f"{name}-predictor") == 58
+    assert not kserve_rules.webhook_errors(isvc)

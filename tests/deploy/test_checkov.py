@@ -22,9 +22,8 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from . import kube_schema, tools
+from . import kube_schema, tools, validate
 from .cases import CASES
-from .test_manifests import DIRS
 
 NAMESPACE = "models"
 CHECK_ID = re.compile(r"^CKV2?_[A-Z0-9]+_[0-9]+$")
@@ -92,17 +91,22 @@ def scan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(str(exc))
     for case in CASES:
         sources[f"chart-{case.id}"] = tools.render(case.values_files, case.set_values)
-    for d in DIRS:
+    for directory in sorted({p.parent for p in tools.manifest_files()}):
         objects = []
-        for path in sorted((tools.MANIFESTS_DIR / d.name).glob("*.yaml")):
+        for path in sorted(directory.glob("*.yaml")):
             objects += tools.load_yaml_documents(path)
         for obj in objects:
             obj["metadata"]["namespace"] = NAMESPACE
-        sources[f"manifests-{d.name.replace('/', '-')}"] = objects
+        rel = directory.relative_to(tools.MANIFESTS_DIR).as_posix()
+        if not tools.by_kind(objects, "InferenceService"):
+            continue  # manifests/runtime: its container is scanned in every Pod that uses it
+        sources[f"manifests-{rel.replace('/', '-')}"] = objects
     for name, objects in sources.items():
+        runtimes = validate.runtimes_for(objects)
         pods = [
-            _predictor_pod(o, o["metadata"]["namespace"])
-            for o in tools.by_kind(objects, "InferenceService")
+            _predictor_pod(form, isvc["metadata"]["namespace"])
+            for isvc in tools.by_kind(objects, "InferenceService")
+            for form in validate.predictor_forms(isvc, runtimes)
         ]
         (out / f"{name}.yaml").write_text(yaml.safe_dump_all([*objects, *pods], sort_keys=False))
     return out
@@ -152,16 +156,15 @@ def test_kubernetes_objects(scan_dir: Path) -> None:
     assert scanned == {p.stem for p in scan_dir.glob("*.yaml")}, "some files were not scanned"
     pods = {(c["file_path"], c["resource"]) for c in results if c["resource"].startswith("Pod.")}
     expected_pods = sum(
-        len(tools.by_kind(tools.load_yaml_documents(p), "InferenceService"))
-        for p in scan_dir.glob("*.yaml")
+        len(tools.by_kind(tools.load_yaml_documents(p), "Pod")) for p in scan_dir.glob("*.yaml")
     )
+    assert expected_pods >= len(CASES)
     assert len(pods) == expected_pods, f"{len(pods)} predictor Pods scanned of {expected_pods}"
     for pod in pods:
         passed = {c["check_id"] for c in results if (c["file_path"], c["resource"]) == pod}
         missing = {k: v for k, v in POD_CHECKS.items() if k not in passed}
         assert not missing, f"{pod}: checks that did not pass: {missing}"
-    # (checkov has no checks for InferenceService or HTTPRoute: the Pods stand in for the
-    # former; the latter holds no workload.)
+    # (checkov has no checks for InferenceService or the runtimes: the Pods stand in.)
     assert any(c["resource"].startswith("ServiceAccount.") for c in results)
 
 

@@ -9,13 +9,25 @@ from typing import Any
 
 import pytest
 
-from . import checks, kserve_rules, kube_schema, tools
+from . import checks, kserve_rules, kserve_runtime, kube_schema, tools, validate
 
-SHARED_CRD = (
-    tools.REPO_ROOT.parent / "shared" / "reference" / "kserve-crds"
-    / "serving.kserve.io_inferenceservices.yaml"
-)  # fmt: skip
-GOOD = tools.load_yaml_documents(tools.MANIFESTS_DIR / "eks" / "inferenceservice.yaml")[0]
+# ../shared/reference/kserve-crds of the checkout (or of the worktrees' parent).
+SHARED_CRDS = next(
+    (
+        d / "shared" / "reference" / "kserve-crds"
+        for d in tools.REPO_ROOT.parents
+        if (d / "shared" / "reference" / "kserve-crds").is_dir()
+    ),
+    tools.REPO_ROOT.parent / "shared" / "reference" / "kserve-crds",
+)
+SHARED_CRD = SHARED_CRDS / "serving.kserve.io_inferenceservices.yaml"
+# The EKS InferenceService in the custom-container form (its runtime merged in), so that
+# container fields can be broken one by one.
+GOOD = kserve_runtime.custom_form(
+    tools.load_yaml_documents(tools.MANIFESTS_DIR / "eks" / "inferenceservice.yaml")[0],
+    validate.runtimes_for([]),
+)
+RUNTIME = validate.cluster_runtimes()[0]
 
 
 def test_stored_schema_is_the_kserve_v1beta1_crd_schema() -> None:
@@ -37,6 +49,49 @@ def test_stored_schema_matches_the_reference_crd() -> None:
     assert json.dumps(fresh["openAPIV3Schema"], sort_keys=True) == json.dumps(
         stored["openAPIV3Schema"], sort_keys=True
     )
+
+
+@pytest.mark.parametrize("kind", ["ServingRuntime", "ClusterServingRuntime"])
+@pytest.mark.skipif(not SHARED_CRDS.is_dir(), reason="reference CRD checkout not present")
+def test_stored_runtime_schemas_match_the_reference_crds(kind: str) -> None:
+    crd = SHARED_CRDS / f"serving.kserve.io_{kind.lower()}s.yaml"
+    fresh = kube_schema.extract_from_crd(crd, source="reference")
+    stored = kube_schema.stored_crd_schema(kind)
+    assert fresh["source"]["crd_sha256"] == stored["source"]["crd_sha256"], (
+        f"the KServe CRD changed: python -m tests.deploy.kube_schema {crd}"
+    )
+    assert fresh["openAPIV3Schema"] == stored["openAPIV3Schema"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["spec", "supportedModelFormats", 0, "priority"], 0, "less than the minimum"),
+        (["spec", "supportedModelFormats", 0, "autoselect"], True, "'autoselect' was unexpected"),
+        (["spec", "protocolVersions"], "v2", "is not of type 'array'"),
+        (["spec", "containers", 0, "args"], "--x", "is not of type 'array'"),
+        (["spec", "multimodel"], False, "'multimodel' was unexpected"),
+        (["kind"], "ServingRuntime", "is not ClusterServingRuntime"),
+    ],
+)
+def test_runtime_schema_rejects(path: list[Any], value: Any, message: str) -> None:
+    assert kube_schema.crd_errors(RUNTIME, "ClusterServingRuntime") == []
+    errors = kube_schema.crd_errors(_mutated(path, value, RUNTIME), "ClusterServingRuntime")
+    assert any(message in e for e in errors), errors
+
+
+def test_runtime_rules_reject() -> None:
+    assert kserve_rules.runtime_errors(RUNTIME) == []
+    no_grpc_port = _mutated(["spec", "containers", 0, "ports"], [{"name": "http1",
+                            "containerPort": 8080}], RUNTIME)  # fmt: skip
+    assert any("grpc-v2" in e for e in kserve_rules.runtime_errors(no_grpc_port))
+    other = _mutated(["spec", "supportedModelFormats", 0, "name"], "pytorch", RUNTIME)
+    assert any("yolov5" in e for e in kserve_rules.runtime_errors(other))
+    with pytest.raises(AssertionError, match="does not speak"):
+        kserve_runtime.select_runtime(
+            {"modelFormat": {"name": "yolov5"}, "runtime": "yolov5", "protocolVersion": "v1"},
+            {"yolov5": _mutated(["spec", "protocolVersions"], ["grpc-v2"], RUNTIME)},
+        )
 
 
 def _mutated(path: list[Any], value: Any, obj: dict[str, Any] = GOOD) -> dict[str, Any]:
@@ -125,6 +180,9 @@ def test_knative_rules() -> None:
         checks.assert_admissible(knative)
 
 
-def test_stored_schema_file_is_compact_json() -> None:
-    text = Path(kube_schema.SCHEMA_FILE).read_text()
+@pytest.mark.parametrize("kind", sorted(kube_schema.CRD_KINDS))
+def test_stored_schema_file_is_compact_json(kind: str) -> None:
+    path = Path(kube_schema.schema_file(kind))
+    text = path.read_text()
     assert text.count("\n") == 1 and json.loads(text)
+    assert path.stat().st_size < 1_000_000

@@ -37,9 +37,14 @@ def test_hadolint_clean() -> None:
 
 
 def test_multi_stage_slim_python_base() -> None:
+    """Both stages on one base: python:3.11-slim by default, any other by BASE_IMAGE (the
+    image test builds on a debootstrapped Debian, as no registry can be reached there)."""
     assert [s.name for s in DOCKERFILE.stages] == ["builder", "runtime"]
     requires = PYPROJECT["project"]["requires-python"]  # ">=3.11,<3.13"
+    assert DOCKERFILE.global_args["BASE_IMAGE"] == "python"
+    assert DOCKERFILE.global_args["BASE_TAG"] == "${PYTHON_VERSION}-slim"
     for stage in DOCKERFILE.stages:
+        assert stage.base == "${BASE_IMAGE}:${BASE_TAG}", stage.base
         base = DOCKERFILE.resolved_base(stage)
         assert base == "python:3.11-slim", base
         assert ">=3.11" in requires
@@ -55,6 +60,8 @@ def test_cpu_by_default_cuda_by_build_arg() -> None:
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/${TORCH_VARIANT}"
     (install,) = [r for r in builder.all("RUN") if "pip install" in r.value]
     assert '--extra-index-url "${TORCH_INDEX_URL}"' in install.value
+    # Wheels are cached in a build cache mount, never in a layer.
+    assert install.flags["mount"] == "type=cache,target=/root/.cache/pip"
     # A local-version wheel (2.14.1+cpu) only satisfies exact pins of the public version.
     deps = PYPROJECT["project"]["dependencies"]
     for name in ("torch", "torchvision"):
@@ -111,8 +118,31 @@ def test_writable_paths_are_under_tmp() -> None:
     for var in ("HOME", "XDG_CACHE_HOME", "TORCH_HOME"):
         assert f"{var}=/tmp" in env, var
     assert "PYTHONDONTWRITEBYTECODE=1" in env
-    template = (tools.CHART_DIR / "templates" / "inferenceservice.yaml").read_text()
-    assert "mountPath: /tmp" in template
+    for template in ("servingruntime.yaml", "_helpers.tpl"):  # runtime and custom container
+        assert "mountPath: /tmp" in (tools.CHART_DIR / "templates" / template).read_text()
+
+
+def test_gke_driver_paths() -> None:
+    """GKE mounts the NVIDIA driver at /usr/local/nvidia and sets no environment for it."""
+    env = " ".join(e.value for e in DOCKERFILE.stage("runtime").all("ENV"))
+    assert "LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64" in env
+    assert "/usr/local/nvidia/bin" in env.split("PATH=", 1)[1].split()[0]
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
+
+
+def test_cuda_flavour_documented_on_a_cuda_12_wheel() -> None:
+    text = tools.DOCKERFILE.read_text()
+    assert "--build-arg TORCH_VARIANT=cu126" in text
+    workflow = yaml.safe_load((tools.REPO_ROOT / ".github" / "workflows" / "image.yml").read_text())
+    (job,) = workflow["jobs"].values()
+    variants = {m["flavor"]: m["torch_variant"] for m in job["strategy"]["matrix"]["include"]}
+    assert variants == {"cpu": "cpu", "cuda": "cu126"}
+    build = next(s for s in job["steps"] if s.get("id") == "build")
+    assert "TORCH_VARIANT=${{ matrix.torch_variant }}" in build["with"]["build-args"]
+    # The pushed tag is the chart's default image tag, <appVersion>-<flavor>.
+    assert build["with"]["tags"].endswith(
+        "${{ steps.version.outputs.version }}-${{ matrix.flavor }}"
+    )
 
 
 def test_weights_are_not_baked_by_default() -> None:
@@ -162,7 +192,8 @@ def test_build_context_holds_every_source() -> None:
     "path",
     [".venv/bin/python", ".git/HEAD", ".cache/tools/helm", "tests/deploy/tools.py",
      "helm/yolov5-kserve/Chart.yaml", "predictor/__pycache__/x.cpython-311.pyc", "Dockerfile",
-     "docs/deploy.md", "scripts/bootstrap", "yolov5_kserve.egg-info/PKG-INFO"],
+     "docs/deploy.md", "scripts/bootstrap", "yolov5_kserve.egg-info/PKG-INFO",
+     "predictor/bench/cli.py", "predictor/training/trainer.py"],
 )  # fmt: skip
 def test_build_context_excludes(path: str) -> None:
     assert IGNORE.excluded(path)

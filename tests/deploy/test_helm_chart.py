@@ -13,7 +13,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from . import checks, kserve_rules, kube_schema, tools, validate
+from . import checks, kserve_rules, kserve_runtime, kube_schema, tools, validate
 from .cases import CASE_IDS, CASES, Case
 
 pytestmark = pytest.mark.usefixtures("helm")
@@ -28,7 +28,21 @@ def _render(case: Case) -> list[dict[str, Any]]:
 
 
 def _isvcs(case: Case) -> list[dict[str, Any]]:
-    return tools.by_kind(_render(case), "InferenceService")
+    """Each InferenceService predictor (stable, canaries) as the pod KServe builds."""
+    objects = _render(case)
+    runtimes = validate.runtimes_for(objects)
+    return [
+        form
+        for isvc in tools.by_kind(objects, "InferenceService")
+        for form in validate.predictor_forms(isvc, runtimes)
+    ]
+
+
+def _isvc(values_files: list[str] | None = None, set_values: dict[str, Any] | None = None):
+    """The one InferenceService of a render, as the pod KServe builds (runtime merged in)."""
+    objects = tools.render(values_files or [], set_values or {})
+    return validate.predictor_forms(tools.one(objects, "InferenceService"),
+                                    validate.runtimes_for(objects))[0]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -44,7 +58,9 @@ def test_chart_metadata() -> None:
     for name in (
         "values.yaml", "values.schema.json", "values-eks.yaml", "values-gke.yaml",
         "templates/_helpers.tpl", "templates/inferenceservice.yaml",
-        "templates/serviceaccount.yaml", "templates/httproute.yaml", "templates/NOTES.txt",
+        "templates/serviceaccount.yaml", "templates/servingruntime.yaml",
+        "templates/poddisruptionbudget.yaml", "templates/podmonitor.yaml", "templates/NOTES.txt",
+        "values-keda.yaml",
     ):  # fmt: skip
         assert (CHART / name).is_file(), name
 
@@ -120,6 +136,7 @@ def test_values_schema_covers_every_value() -> None:
         "values.yaml",
         "values-eks.yaml",
         "values-gke.yaml",
+        "values-keda.yaml",
         *sorted(str(p.relative_to(CHART)) for p in (CHART / "ci").glob("*.yaml")),
     ],
 )
@@ -163,9 +180,8 @@ def test_rendered_objects_are_valid(case: Case) -> None:
     objects = _render(case)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == case.kinds, kinds
-    isvc_names = {o["metadata"]["name"] for o in tools.by_kind(objects, "InferenceService")}
     assert all(obj["metadata"]["namespace"] == "models" for obj in objects)
-    validate.assert_valid(objects, isvc_names, case.knative_flags)
+    validate.assert_valid(objects, case.knative_flags)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -179,18 +195,29 @@ def test_rendered_yaml_lints(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_rendered_inferenceservice_properties(case: Case) -> None:
     merged = _merged_values(case)
-    for isvc in _isvcs(case):
-        assert checks.is_knative(isvc) == case.knative
-        checks.assert_all(isvc, merged["model"]["name"])
-        checks.assert_storage(isvc, case.storage_scheme)
+    objects = _render(case)
+    runtimes = validate.runtimes_for(objects)
+    (isvc,) = tools.by_kind(objects, "InferenceService")
+    canaries = kserve_runtime.canary_predictors(isvc)
+    assert bool(canaries) == case.canary
+    for spec in [isvc, *canaries]:
+        checks.assert_storage(spec, case.storage_scheme)
+    stable, *canary_pods = validate.predictor_forms(isvc, runtimes)
+    # A runtime serves the model under the InferenceService name ({{.Name}}).
+    model_name = merged["model"]["name"] or isvc["metadata"]["name"]
+    checks.assert_all(stable, model_name)
+    for pod in canary_pods:  # fixed replicas, no autoscaling of their own
+        checks.assert_probes(pod, model_name)
+        checks.assert_security(pod)
+        checks.assert_draining(pod)
+    for pod in [stable, *canary_pods]:
+        assert checks.is_knative(pod) == case.knative
         if case.cloud:
-            checks.assert_gpu_scheduling(isvc, case.cloud)
-            assert (
-                checks.kserve_container(isvc)["image"].endswith("-cuda")
-                or "@sha256:" in (checks.kserve_container(isvc)["image"])
-            )
+            checks.assert_gpu_scheduling(pod, case.cloud)
+            image = checks.kserve_container(pod)["image"]
+            assert image.endswith("-cuda") or "@sha256:" in image, image
         else:
-            checks.assert_cpu_only(isvc)
+            checks.assert_cpu_only(pod)
 
 
 def _merged_values(case: Case) -> dict[str, Any]:
@@ -206,26 +233,69 @@ def _merged_values(case: Case) -> dict[str, Any]:
 
 
 def test_gpu_count_zero_means_cpu_even_with_a_cloud_profile() -> None:
-    isvc = tools.one(
-        tools.render(["values-eks.yaml"], {"gpu.count": 0, "model.device": ""}), "InferenceService"
-    )
+    isvc = _isvc(["values-eks.yaml"], {"gpu.count": 0, "model.device": ""})
     checks.assert_cpu_only(isvc)
     assert "nodeSelector" not in checks.predictor(isvc)
     assert checks.kserve_container(isvc)["image"].endswith("-cpu")
 
 
-def test_gpu_count_two() -> None:
-    isvc = tools.one(tools.render(["values-gke.yaml"], {"gpu.count": 2}), "InferenceService")
-    checks.assert_gpu_scheduling(isvc, "gke", count=2)
+def test_mig_slice_keeps_the_gpu_toleration() -> None:
+    """A MIG profile is another resource; the GPU nodes' taint key stays nvidia.com/gpu."""
+    isvc = _isvc(["values-eks.yaml"], {"gpu.resourceName": "nvidia.com/mig-1g.10gb"})
+    checks.assert_gpu_scheduling(isvc, "eks", resource="nvidia.com/mig-1g.10gb")
+    assert checks.predictor(isvc)["tolerations"] == [checks.GPU_TOLERATION]
+    assert "nvidia.com/gpu" not in checks.kserve_container(isvc)["resources"]["limits"]
+
+
+def test_gke_gpu_sharing_and_partitions_select_their_node_pools() -> None:
+    shared = _isvc(
+        ["values-gke.yaml"],
+        {"cloud.gke.gpuSharing.strategy": "time-sharing",
+         "cloud.gke.gpuSharing.maxSharedClientsPerGpu": 4},
+    )  # fmt: skip
+    assert checks.predictor(shared)["nodeSelector"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+        "cloud.google.com/gke-gpu-sharing-strategy": "time-sharing",
+        "cloud.google.com/gke-max-shared-clients-per-gpu": "4",
+    }
+    checks.assert_gpu_scheduling(shared, "gke")
+    mig = _isvc(
+        ["values-gke.yaml"],
+        {"cloud.gke.accelerator": "nvidia-tesla-a100", "cloud.gke.gpuPartitionSize": "1g.5gb"},
+    )
+    assert checks.predictor(mig)["nodeSelector"]["cloud.google.com/gke-gpu-partition-size"] == (
+        "1g.5gb"
+    )
+    checks.assert_gpu_scheduling(mig, "gke")
+
+
+@pytest.mark.parametrize("profile", ["values-eks.yaml", "values-gke.yaml"])
+def test_gpu_profiles_budget_disruptions_and_spread_over_zones(profile: str) -> None:
+    objects = tools.render([profile])
+    pdb = tools.one(objects, "PodDisruptionBudget")
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": {"serving.kserve.io/inferenceservice": "yolov5-yolov5-kserve",
+                                     "component": "predictor"}},
+    }  # fmt: skip
+    (spread,) = checks.predictor(tools.one(objects, "InferenceService"))[
+        "topologySpreadConstraints"
+    ]
+    assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"] == pdb["spec"]["selector"]
+    knative = tools.render([profile], {"deploymentMode": "Knative"})
+    assert not tools.by_kind(knative, "PodDisruptionBudget")
+
+
+def test_grace_period_covers_the_drain() -> None:
+    p = checks.predictor(tools.one(tools.render(), "InferenceService"))
+    assert p["terminationGracePeriodSeconds"] >= 10 + p["timeout"]
 
 
 def test_karpenter_gpu_selector() -> None:
-    isvc = tools.one(
-        tools.render(
-            ["values-eks.yaml"],
-            {"cloud.eks.instanceType": "", "cloud.eks.karpenterGpuName": "l4"},
-        ),
-        "InferenceService",
+    isvc = _isvc(
+        ["values-eks.yaml"], {"cloud.eks.instanceType": "", "cloud.eks.karpenterGpuName": "l4"}
     )
     assert checks.predictor(isvc)["nodeSelector"] == {"karpenter.k8s.aws/instance-gpu-name": "l4"}
     checks.assert_gpu_scheduling(isvc, "eks")
@@ -262,30 +332,30 @@ def test_free_form_scheduling_is_merged_with_presets() -> None:
     assert not kube_schema.isvc_errors(isvc)
 
 
-def test_model_flags_flow_into_container_args() -> None:
-    isvc = tools.one(
-        tools.render(
-            set_values={
-                "model.name": "traffic",
-                "model.imgSize": 1280,
-                "model.letterbox": "rect",
-                "model.confThreshold": 0.4,
-                "model.iouThreshold": 0.6,
-                "model.maxDet": 300,
-                "model.device": "cuda:1",
-                "model.backend": "onnxruntime",
-                "model.batching.maxBatchSize": 16,
-                "model.batching.maxBatchDelayMs": 7,
-                "containerPorts.http": 9000,
-                "containerPorts.grpc": 9001,
-                "gpu.count": 1,
-            }
-        ),
-        "InferenceService",
+@pytest.mark.parametrize("runtime", [True, False], ids=["runtime", "custom-container"])
+def test_model_flags_flow_into_container_args(runtime: bool) -> None:
+    isvc = _isvc(
+        set_values={
+            "servingRuntime.enabled": runtime,
+            **({} if runtime else {"model.name": "traffic"}),
+            "model.imgSize": 1280,
+            "model.letterbox": "rect",
+            "model.confThreshold": 0.4,
+            "model.iouThreshold": 0.6,
+            "model.maxDet": 300,
+            "model.device": "cuda:1",
+            "model.backend": "onnxruntime",
+            "model.batching.maxBatchSize": 16,
+            "model.batching.maxBatchDelayMs": 7,
+            "containerPorts.http": 9000,
+            "containerPorts.grpc": 9001,
+            "gpu.count": 1,
+        }
     )
+    model_name = "yolov5-yolov5-kserve" if runtime else "traffic"
     args = checks.arg_values(checks.kserve_container(isvc))
     assert args == {
-        "--model_name": "traffic",
+        "--model_name": model_name,
         "--http_port": "9000",
         "--grpc_port": "9001",
         "--img_size": "1280",
@@ -298,17 +368,20 @@ def test_model_flags_flow_into_container_args() -> None:
         "--max_batch_size": "16",
         "--max_batch_delay_ms": "7",
     }
-    checks.assert_probes(isvc, "traffic")
+    checks.assert_probes(isvc, model_name)
     assert [p["containerPort"] for p in checks.kserve_container(isvc)["ports"]] == [9000, 9001]
 
 
 def test_batching_flags_absent_by_default() -> None:
-    args = checks.arg_values(checks.kserve_container(tools.one(tools.render(), "InferenceService")))
+    args = checks.arg_values(checks.kserve_container(_isvc()))
     assert "--max_batch_size" not in args and "--max_batch_delay_ms" not in args
 
 
 def test_baked_model_has_no_storage_uri() -> None:
-    isvc = tools.one(tools.render(set_values={"model.storageUri": ""}), "InferenceService")
+    isvc = tools.one(
+        tools.render(set_values={"model.storageUri": "", "servingRuntime.enabled": False}),
+        "InferenceService",
+    )
     checks.assert_storage(isvc, None)
     assert not kube_schema.isvc_errors(isvc)
 
@@ -345,14 +418,19 @@ def test_knative_scale_to_zero() -> None:
     assert p["minReplicas"] == 0 and p["maxReplicas"] == 5
     assert (p["scaleMetric"], p["scaleTarget"], p["containerConcurrency"]) == ("concurrency", 2, 8)
     assert p["annotations"]["autoscaling.knative.dev/scale-down-delay"] == "5m"
+    # The activator holds the first request while a pod starts: the revision timeout must
+    # cover a cold start and stay within Knative's max-revision-timeout-seconds (600).
+    assert p["timeout"] == 600
 
 
 def test_keda_autoscaling() -> None:
     isvc = tools.one(tools.render(["ci/keda-values.yaml"]), "InferenceService")
     p = checks.predictor(isvc)
     assert isvc["metadata"]["annotations"][kserve_rules.AUTOSCALER_CLASS] == "keda"
-    assert p["minReplicas"] == 0
-    assert [m["type"] for m in p["autoScaling"]["metrics"]] == ["External", "External"]
+    assert p["minReplicas"] == 1
+    (metric,) = p["autoScaling"]["metrics"]
+    assert metric["external"]["target"] == {"type": "Value", "value": "16"}
+    assert p["autoScaling"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 300}}
 
 
 @pytest.mark.parametrize(
@@ -365,10 +443,26 @@ def test_keda_autoscaling() -> None:
         ({"model.device": "gpu"}, "device"),
         ({"model.confThreshold": 1.5}, "confThreshold"),
         ({"gpu.count": -1}, "count"),
+        ({"gpu.count": 2}, "count"),
+        ({"image.registry": ""}, "set image.registry"),
+        ({"model.name": "cars"}, "model.name is for servingRuntime.enabled=false"),
+        ({"model.storageUri": ""}, "servingRuntime.enabled needs model.storageUri"),
+        (
+            {"autoscaling.behavior.scaleDownStabilizationSeconds": 60},
+            "needs autoscaling.standard.class=keda",
+        ),
+        ({"terminationGracePeriodSeconds": 30}, "terminationGracePeriodSeconds (30)"),
+        (
+            {"deploymentMode": "Knative", "gpu.count": 1, "autoscaling.knative.scaleToZero": True},
+            "keep autoscaling.minReplicas >= 1",
+        ),
+        ({"autoscaling.knative.coldStartTimeoutSeconds": 900}, "coldStartTimeoutSeconds"),
+        ({"canary.name": "Candidate"}, "name"),
+        ({"cloud.gke.gpuSharing.strategy": "sliced"}, "strategy"),
         ({"gpu.count": 1, "model.device": "cpu"}, "device"),
         ({"autoscaling.minReplicas": 0}, "minReplicas"),
         ({"autoscaling.minReplicas": 4, "autoscaling.maxReplicas": 2}, "maxReplicas"),
-        ({"autoscaling.standard.class": "keda"}, "kedaMetrics"),
+        ({"autoscaling.standard.class": "keda"}, "prometheusAddress"),
         ({"autoscaling.standard.metric": "concurrency"}, "metric"),
         ({"extraEnvVars[0].name": "PYTHONPATH", "extraEnvVars[0].value": "/x"}, "extraEnvVars"),
         ({"extraArgs[0]": "model_name=x"}, "extraArgs"),
@@ -387,13 +481,12 @@ def test_keda_autoscaling() -> None:
         ({"canary.trafficPercent": -1}, "trafficPercent"),
         ({"canary.trafficPercent": 12.5}, "trafficPercent"),
         ({"canary.weight": 10}, "weight"),
-        ({"canary.enabled": True, "canary.storageUri": "s3://b/v2/"}, "needs httpRoute.enabled"),
+        (
+            {"canary.enabled": True, "servingRuntime.enabled": False, "model.storageUri": ""},
+            "spec.canary requires a stable predictor with a model",
+        ),
         ({"canary.storageUri": "ftp://models/v2"}, "storageUri"),
-        ({"deploymentMode": "Knative", "httpRoute.enabled": True}, "httpRoute.enabled is for"),
-        ({"httpRoute.hostnames[0]": "Bad_Host.example.com"}, "hostnames"),
-        ({"httpRoute.parentRefs": []}, "parentRefs"),
-        ({"httpRoute.parentRefs[0].nam": "gw"}, "nam"),
-        ({"httpRoute.pathPrefix": "v2"}, "pathPrefix"),
+        ({"httpRoute.enabled": True}, "httpRoute"),
     ],
 )
 def test_invalid_values_are_rejected(set_values: dict[str, Any], message: str) -> None:
@@ -404,8 +497,10 @@ def test_invalid_values_are_rejected(set_values: dict[str, Any], message: str) -
 
 def test_release_names_become_valid_inferenceservice_names() -> None:
     long_name = "a" * 53  # helm's maximum release name length
-    isvc = tools.one(tools.render(release=long_name), "InferenceService")
+    objects = tools.render(release=long_name)
+    isvc = tools.one(objects, "InferenceService")
     assert len(isvc["metadata"]["name"]) <= 45
+    assert tools.one(objects, "ServiceAccount")["metadata"]["name"] == long_name
     assert not kserve_rules.webhook_errors(isvc)
     proc = tools.run_helm("template", "9lives", str(CHART), check=False)
     assert proc.returncode != 0 and "fullnameOverride" in proc.stderr
@@ -427,7 +522,7 @@ def test_common_labels_and_annotations() -> None:
 
 
 def test_notes_standard_mode() -> None:
-    notes = tools.helm_notes(set_values={"model.name": "cars"})
+    notes = tools.helm_notes(set_values={"model.name": "cars", "servingRuntime.enabled": False})
     assert "svc/yolov5-yolov5-kserve-predictor 8080:80" in notes
     assert '"$SERVICE_URL/v2/models/cars/infer"' in notes
     assert '"$SERVICE_URL/v2/models/cars/ready"' in notes
@@ -440,4 +535,5 @@ def test_notes_knative_mode() -> None:
     assert "{.status.url}" in notes
     assert "port-forward" not in notes
     assert "1 x nvidia.com/gpu" in notes
-    assert "/v2/models/yolov5/infer" in notes
+    assert "/v2/models/yolov5-yolov5-kserve/infer" in notes
+    assert "ServiceAccount models/yolov5." in notes

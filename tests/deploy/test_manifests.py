@@ -1,8 +1,7 @@
-"""manifests/: plain `kubectl apply` YAML, validated like the chart and kept equal to it."""
+"""manifests/: plain `kubectl apply` YAML, generated from the chart and validated like it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,63 +9,49 @@ import pytest
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from . import checks, tools, validate
+from . import checks, kserve_rules, manifests_render, tools, validate
+
+# Directories of InferenceServices: (cloud, storage scheme, Knative feature flags, scales to 0)
+GPU_KNATIVE_FLAGS = frozenset({"kubernetes.podspec-nodeselector", "kubernetes.podspec-tolerations"})
+PROFILES: dict[str, tuple[str | None, str, frozenset[str], bool]] = {
+    "cpu": (None, "https", frozenset(), False),
+    "cpu-knative": (None, "https", frozenset(), True),
+    "custom-container": (None, "https", frozenset(), False),
+    "eks": ("eks", "s3", GPU_KNATIVE_FLAGS, False),
+    "gke": ("gke", "gs", GPU_KNATIVE_FLAGS, False),
+    "canary/knative": (None, "https", frozenset(), True),
+    "canary/standard": (None, "https", frozenset(), False),
+}
+MANIFEST_FILES = tools.manifest_files()
 
 
-@dataclass(frozen=True)
-class ManifestDir:
-    name: str  # path under manifests/
-    cloud: str | None
-    storage_scheme: str
-    # The chart install that must produce the same objects.
-    values_files: tuple[str, ...] = ()
-    set_values: dict[str, Any] = field(default_factory=dict)
-    knative_flags: frozenset[str] = frozenset()
-    scale_to_zero: bool = False
-
-
-_GPU_KNATIVE_FLAGS = frozenset(
-    {"kubernetes.podspec-nodeselector", "kubernetes.podspec-tolerations"}
-)
-
-DIRS = [
-    ManifestDir("cpu", None, "https"),
-    ManifestDir(
-        "cpu-knative", None, "https", ("ci/knative-scale-to-zero-values.yaml",),
-        scale_to_zero=True,
-    ),
-    ManifestDir("eks", "eks", "s3", ("values-eks.yaml",)),
-    ManifestDir("gke", "gke", "gs", ("values-gke.yaml",)),
-    ManifestDir(
-        "canary/knative", None, "https",
-        ("ci/knative-scale-to-zero-values.yaml", "ci/canary-knative-values.yaml"),
-        scale_to_zero=True,
-    ),
-    ManifestDir("canary/standard", None, "https", ("ci/canary-standard-values.yaml",)),
-]  # fmt: skip
-DIR_IDS = [d.name for d in DIRS]
-
-
-def _objects(d: ManifestDir) -> list[dict[str, Any]]:
+def _objects(name: str) -> list[dict[str, Any]]:
     objects = []
-    for path in sorted((tools.MANIFESTS_DIR / d.name).glob("*.yaml")):
+    for path in sorted((tools.MANIFESTS_DIR / name).glob("*.yaml")):
         objects += tools.load_yaml_documents(path)
     return objects
 
 
-def _dir_of(path: Path) -> ManifestDir:
-    name = path.parent.relative_to(tools.MANIFESTS_DIR).as_posix()
-    return next(d for d in DIRS if d.name == name)
+def _dir_name(path: Path) -> str:
+    return path.parent.relative_to(tools.MANIFESTS_DIR).as_posix()
+
+
+@pytest.mark.usefixtures("helm")
+def test_manifests_are_generated_from_the_chart() -> None:
+    """One source of truth: `scripts/render-manifests --check`."""
+    problems = manifests_render.differences()
+    assert not problems, "run scripts/render-manifests:\n" + "\n".join(problems)
 
 
 def test_every_manifest_directory_is_covered() -> None:
-    found = {p.parent.relative_to(tools.MANIFESTS_DIR).as_posix() for p in tools.manifest_files()}
-    assert found == set(DIR_IDS)
+    found = {_dir_name(p) for p in MANIFEST_FILES}
+    assert found == {*PROFILES, "runtime"}
+    assert {t.name for t in manifests_render.TARGETS} == found
     assert not list(tools.MANIFESTS_DIR.glob("*.yaml")), "keep manifests in per-target directories"
 
 
 @pytest.mark.parametrize(
-    "path", tools.manifest_files(), ids=lambda p: str(p.relative_to(tools.MANIFESTS_DIR))
+    "path", MANIFEST_FILES, ids=lambda p: str(p.relative_to(tools.MANIFESTS_DIR))
 )
 def test_yamllint(path: Path) -> None:
     config = YamlLintConfig(file=str(Path(__file__).parent / "yamllint.yaml"))
@@ -78,61 +63,60 @@ def test_yamllint(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", tools.manifest_files(), ids=lambda p: str(p.relative_to(tools.MANIFESTS_DIR))
+    "path", MANIFEST_FILES, ids=lambda p: str(p.relative_to(tools.MANIFESTS_DIR))
 )
 def test_objects_are_valid(path: Path) -> None:
-    d = _dir_of(path)
     docs = tools.load_yaml_documents(path)
     assert docs, f"{path} is empty"
-    isvc_names = {o["metadata"]["name"] for o in tools.by_kind(_objects(d), "InferenceService")}
     for obj in docs:
         assert "namespace" not in obj["metadata"], "leave the namespace to `kubectl apply -n`"
-        assert obj["kind"] in ("InferenceService", "ServiceAccount", "HTTPRoute"), obj["kind"]
-    knative_flags = d.knative_flags if d.cloud is None else _GPU_KNATIVE_FLAGS
-    validate.assert_valid(docs, isvc_names, knative_flags)
+        assert not any(k.startswith("helm.sh/") for k in obj["metadata"].get("labels", {}))
+    name = _dir_name(path)
+    flags = PROFILES[name][2] if name in PROFILES else frozenset()
+    validate.assert_valid(docs, set(flags))
 
 
-@pytest.mark.parametrize("d", DIRS, ids=DIR_IDS)
-def test_deployment_properties(d: ManifestDir) -> None:
-    objects = _objects(d)
+def test_cluster_runtimes() -> None:
+    runtimes = {o["metadata"]["name"]: o for o in _objects("runtime")}
+    assert {o["kind"] for o in runtimes.values()} == {"ClusterServingRuntime"}
+    standard, knative = runtimes["yolov5"]["spec"], runtimes["yolov5-knative"]["spec"]
+    assert standard["protocolVersions"] == ["v2", "grpc-v2"]
+    assert knative["protocolVersions"] == ["v2"], "Knative routes one port: HTTP only"
+    assert [p["name"] for p in knative["containers"][0]["ports"]] == ["http1"]
+    # Exactly one runtime is picked for `modelFormat: yolov5` without a runtime name.
+    assert [f["autoSelect"] for f in standard["supportedModelFormats"]] == [True]
+    assert [f["autoSelect"] for f in knative["supportedModelFormats"]] == [False]
+    assert "--model_name={{.Name}}" in standard["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_deployment_properties(name: str) -> None:
+    cloud, scheme, _, scale_to_zero = PROFILES[name]
+    objects = _objects(name)
     sa = tools.one(objects, "ServiceAccount")
+    runtimes = validate.runtimes_for(objects)
     for isvc in tools.by_kind(objects, "InferenceService"):
-        checks.assert_all(isvc, "yolov5")
-        checks.assert_storage(isvc, d.storage_scheme)
-        if d.cloud:
-            checks.assert_gpu_scheduling(isvc, d.cloud)
+        checks.assert_storage(isvc, scheme)
+        stable, *canaries = validate.predictor_forms(isvc, runtimes)
+        checks.assert_all(stable, "yolov5")
+        for pod in [stable, *canaries]:
+            checks.assert_probes(pod, "yolov5")
+            if cloud:
+                checks.assert_gpu_scheduling(pod, cloud)
+            else:
+                checks.assert_cpu_only(pod)
+        p = checks.predictor(isvc)
+        assert p["serviceAccountName"] == sa["metadata"]["name"] == "yolov5"
+        if "model" in p:
+            # The runtime of manifests/runtime/ for the mode, named explicitly.
+            mode = kserve_rules.deployment_mode(isvc)
+            assert p["model"]["runtime"] == manifests_render.RUNTIME_FOR_MODE[mode]
         else:
-            checks.assert_cpu_only(isvc)
-        assert checks.predictor(isvc)["serviceAccountName"] == sa["metadata"]["name"]
-        if d.scale_to_zero:
-            assert checks.predictor(isvc)["minReplicas"] == 0, "the example scales to zero"
+            assert name == "custom-container"
+        if scale_to_zero:
+            assert p["minReplicas"] == 0, "the example scales to zero"
     assert sa["automountServiceAccountToken"] is False
     identity = {"eks": "eks.amazonaws.com/role-arn", "gke": "iam.gke.io/gcp-service-account"}
-    if d.cloud:
-        assert sa["metadata"]["annotations"][identity[d.cloud]]
-
-
-@pytest.mark.usefixtures("helm")
-@pytest.mark.parametrize("d", DIRS, ids=DIR_IDS)
-def test_manifests_equal_the_chart(d: ManifestDir) -> None:
-    """One source of truth: the hand-written YAML is what the chart renders for the profile."""
-    rendered = tools.render(d.values_files, {"fullnameOverride": "yolov5", **d.set_values})
-
-    def key(obj: dict[str, Any]) -> tuple[str, str]:
-        return obj["kind"], obj["metadata"]["name"]
-
-    ours_by_key = {key(o): o for o in _objects(d)}
-    chart_by_key = {key(o): o for o in rendered}
-    assert sorted(ours_by_key) == sorted(chart_by_key), "the chart renders other objects"
-    for (kind, name), chart in chart_by_key.items():
-        ours = ours_by_key[kind, name]
-        assert ours["metadata"].get("annotations") == chart["metadata"].get("annotations"), kind
-        for field_name in set(ours) | set(chart):
-            if field_name not in ("metadata",):
-                assert ours.get(field_name) == chart.get(field_name), (
-                    f"manifests/{d.name} {kind} {name}.{field_name} differs from `helm "
-                    f"template {' '.join(d.values_files)}`: update one of them"
-                )
-        chart_labels = chart["metadata"]["labels"]
-        for label, value in ours["metadata"].get("labels", {}).items():
-            assert chart_labels.get(label) == value, label
+    if cloud:
+        assert sa["metadata"]["annotations"][identity[cloud]]
+        assert tools.one(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1

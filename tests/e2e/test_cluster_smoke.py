@@ -149,6 +149,19 @@ def _request(conn: Any, method: str, path: str, body: Any = None) -> tuple[int, 
     return response.status, json.loads(data) if data else None
 
 
+def _runtime(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    """The kserve-container of the named ServingRuntime, else ClusterServingRuntime."""
+    api = kube.client.CustomObjectsApi()
+    try:
+        runtime = api.get_namespaced_custom_object(
+            GROUP, "v1alpha1", namespace, "servingruntimes", name
+        )
+    except kube.client.ApiException as exc:
+        assert exc.status == 404, exc
+        runtime = api.get_cluster_custom_object(GROUP, "v1alpha1", "clusterservingruntimes", name)
+    return runtime["spec"]["containers"][0]
+
+
 def _test_image(path: str | None) -> tuple[bytes, bool]:
     if path:
         return Path(path).read_bytes(), True
@@ -166,9 +179,14 @@ def test_v2_inference_on_the_cluster(
     kube: Any, ready_isvc: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
     meta = ready_isvc["metadata"]
-    container = ready_isvc["spec"]["predictor"]["containers"][0]
+    predictor = ready_isvc["spec"]["predictor"]
+    if "model" in predictor:
+        # A ServingRuntime serves the model under the InferenceService name ({{.Name}}).
+        container = _runtime(kube, meta["namespace"], predictor["model"]["runtime"])
+    else:
+        container = predictor["containers"][0]
     args = dict(a.split("=", 1) for a in container.get("args", []) if "=" in a)
-    model = args.get("--model_name", "yolov5")
+    model = args.get("--model_name", meta["name"]).replace("{{.Name}}", meta["name"])
     port = int(args.get("--http_port", "8080"))
     image, real_photo = _test_image(request.config.getoption("--e2e-image"))
 
