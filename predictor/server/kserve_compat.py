@@ -123,7 +123,7 @@ async def _error_response(request: Request, error: Exception) -> ORJSONResponse:
     return ORJSONResponse({"error": errors.client_message(error)}, status_code=status.http)
 
 
-class _ErrorInterceptor(AsyncExceptionToStatusInterceptor):
+class ErrorInterceptor(AsyncExceptionToStatusInterceptor):
     """gRPC status codes from `errors.TABLE` (kserve's interceptor logs every
     INVALID_ARGUMENT at ERROR with a traceback, kserve/protocol/grpc/interceptors.py)."""
 
@@ -287,7 +287,7 @@ class _GRPCServer:
         limits = self.model_server.grpc_limits
         self.server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(_ErrorInterceptor(),),
+            interceptors=(ErrorInterceptor(),),
             options=[
                 ("grpc.max_receive_message_length", min(limits[0], GRPC_MAX_MESSAGE)),
                 ("grpc.max_send_message_length", min(limits[1], GRPC_MAX_MESSAGE)),
