@@ -173,7 +173,7 @@ def test_grpc_readiness_and_metadata_know_versions(server: Server) -> None:
         with pytest.raises(InferenceServerException) as raised:
             call("traffic", "9")
         assert raised.value.status() == "StatusCode.NOT_FOUND", raised.value
-        assert "traffic version 9" in raised.value.message()
+        assert "model 'traffic' has no version '9'" in raised.value.message()
 
 
 def test_per_model_metrics(server: Server) -> None:
