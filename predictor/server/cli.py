@@ -18,6 +18,7 @@ from . import contract, options
 from .observability import configure_json_logging
 
 DEFAULT_MODEL_NAME = "yolov5"
+DEFAULT_MODEL_DIR = options.DEFAULT_MODEL_DIR
 
 logger = logging.getLogger("predictor")
 

@@ -21,6 +21,7 @@ from .limits import Limits
 CPU_BATCHING = (1, 0.0)
 CUDA_BATCHING = (8, 2.0)
 MIN_IMG_SIZE = 32
+DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
 LETTERBOX_MODES: tuple[str, ...] = get_args(LetterboxMode)
 
 
@@ -92,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("YOLOv5")
     group.add_argument(
         "--model_dir",
-        default="/mnt/models",
+        default=DEFAULT_MODEL_DIR,
         help="a checkpoint file; a directory holding one (KServe's storage initializer puts "
         "storageUri content in /mnt/models); or a repository: one subdirectory per model, "
         "<name>/<checkpoint> or <name>/<version>/<checkpoint>, each with an optional "
