@@ -192,12 +192,11 @@ class _RESTServer(RESTServer):
         app.include_router(routes.router)
 
     def _add_exception_handlers(self, app: FastAPI) -> None:
+        # Any other exception reaches observability.RequestMiddleware: a logged JSON 500.
         for kind in (
             ServingError,
             RequestValidationError,
-            Exception,
             *(kind for kind, _ in _KSERVE_ERRORS),
-            kserve_errors.InferenceError,
         ):
             app.add_exception_handler(kind, _error_response)
 

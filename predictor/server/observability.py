@@ -15,9 +15,12 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from . import errors
+
 REQUEST_ID_HEADER = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("predictor.access")
+logger = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -152,9 +155,11 @@ class RequestMiddleware:
         exchange_token = _exchange.set(exchange)
         started = time.perf_counter()
         status = {"code": 500}
+        response_started = {"yes": False}
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
+                response_started["yes"] = True
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [
@@ -174,6 +179,10 @@ class RequestMiddleware:
         except _BodyTooLarge as error:
             await _linger(receive)
             await self._reject(send_with_id, error.size, exchange)
+        except Exception as error:  # a fault of ours: the traceback once, a JSON 500
+            logger.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=error)
+            if not response_started["yes"]:
+                await _send_json(send_with_id, 500, {"error": errors.client_message(error)})
         finally:
             elapsed = time.perf_counter() - started
             path = scope.get("path", "")
@@ -217,15 +226,15 @@ class RequestMiddleware:
     async def _reject(self, send: Any, size: int, exchange: Exchange) -> None:
         limit = self.max_body_bytes
         exchange.reason = f"request body of {size} bytes exceeds --max_request_bytes={limit}"
-        body = json.dumps({"error": exchange.reason}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, {"error": exchange.reason}, close=True)
+
+
+async def _send_json(send: Any, status: int, content: dict, close: bool = False) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(content).encode()})
 
 
 async def _linger(receive: Any) -> None:
