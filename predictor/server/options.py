@@ -1,17 +1,22 @@
 """Every serving option: what it means, its command-line flag, and its validation.
 
 The dataclasses validate themselves in `__post_init__`, so the command line and a model's
-config.yaml (see `repository`) accept and refuse the same values. kserve's own flags
+config.yaml (`with_config_file`) accept and refuse the same values. kserve's own flags
 (ports, gRPC, logging) come from its parser, which `cli.build_parser` extends.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
-from typing import get_args
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
 
 from ..backends import BACKENDS, available_cpus
+from ..checkpoint import CheckpointError
 from ..detector import DetectionSettings
 from ..imaging import LetterboxMode
 from .limits import Limits
@@ -20,6 +25,9 @@ from .limits import Limits
 # per image than batch 1), parallel streams instead. CUDA: batches fill the GPU.
 CPU_BATCHING = (1, 0.0)
 CUDA_BATCHING = (8, 2.0)
+CONFIG_FILE = "config.yaml"  # beside a checkpoint, or in a model's directory
+_OPTION_KEYS = {"img_size", "letterbox"}
+_SETTING_KEYS = {"conf_threshold", "iou_threshold", "max_det"}
 MIN_IMG_SIZE = 32
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
 LETTERBOX_MODES: tuple[str, ...] = get_args(LetterboxMode)
@@ -85,6 +93,43 @@ class ServingOptions:
         """Threads that decode and letterbox images: the flag, or the cgroup's CPU budget
         (decoding runs while the streams wait for work, so it gets every CPU)."""
         return self.decode_threads or available_cpus()
+
+
+def with_config_file(directory: Path, base: ServingOptions) -> ServingOptions:
+    """`base` overridden by `directory`/config.yaml, if there is one (CheckpointError names
+    the file and the bad setting)."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        return base
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise CheckpointError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a mapping of settings")
+    unknown = set(config) - _OPTION_KEYS - _SETTING_KEYS - {"names"}
+    if unknown:
+        allowed = sorted(_OPTION_KEYS | _SETTING_KEYS | {"names"})
+        raise CheckpointError(f"{path}: unknown settings {sorted(unknown)}; allowed: {allowed}")
+    try:
+        return apply_config(base, config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: {error}") from None
+
+
+def apply_config(base: ServingOptions, config: dict[str, Any]) -> ServingOptions:
+    """`base` with a config.yaml's settings; ValueError or TypeError for a bad value."""
+    settings = {k: config[k] for k in _SETTING_KEYS & set(config)}
+    defaults: DetectionSettings = dataclasses.replace(base.defaults, **settings)
+    options = {k: config[k] for k in _OPTION_KEYS & set(config)}
+    if "names" in config:
+        names = config["names"]
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names)]
+        if not isinstance(names, list):
+            raise ValueError("names must be a list of class names or a {id: name} mapping")
+        options["class_names"] = tuple(names)
+    return dataclasses.replace(base, defaults=defaults, **options)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

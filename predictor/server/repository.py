@@ -16,30 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import dataclasses
 import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 from kserve.model_repository import ModelRepository
 
 from ..backends import BackendError
 from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
-from ..detector import DetectionSettings
 from .errors import UnknownModel, UnservableModel
 from .model import LoadedVersion, ModelVersion, YoloV5Model
-from .options import ServingOptions
+from .options import ServingOptions, with_config_file
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
 DEFAULT_VERSION = "1"
-_OPTION_KEYS = {"img_size", "letterbox"}
-_SETTING_KEYS = {"conf_threshold", "iou_threshold", "max_det"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +49,7 @@ def discover(model_dir: str | Path, default_name: str, base: ServingOptions) -> 
     if not root.is_dir():
         raise CheckpointError(f"--model_dir {root}: no such directory")
     if _holds_one_model(root):
-        options = _with_config(root, base)
+        options = with_config_file(root, base)
         return [ModelEntry(default_name, [_version(root, DEFAULT_VERSION, options)])]
     entries = [model_entry(root, name, base) for name in _model_directories(root)]
     if not entries:
@@ -75,7 +68,7 @@ def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
     directory = root / name
     if not directory.is_dir():
         raise UnknownModel(f"model {name!r} is not in the repository")
-    options = _with_config(directory, base)
+    options = with_config_file(directory, base)
     if _checkpoints(directory):
         return ModelEntry(name, [_version(directory, DEFAULT_VERSION, options)])
     numbered = sorted(
@@ -89,7 +82,7 @@ def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
         )
     return ModelEntry(
         name,
-        [_version(path, str(n), _with_config(path, options)) for n, path in numbered],
+        [_version(path, str(n), with_config_file(path, options)) for n, path in numbered],
     )
 
 
@@ -116,40 +109,6 @@ def _version(directory: Path, version: str, options: ServingOptions) -> ModelVer
             f"put exactly one {'/'.join(CHECKPOINT_SUFFIXES)} file there"
         )
     return ModelVersion(version, found[0], options)
-
-
-def _with_config(directory: Path, base: ServingOptions) -> ServingOptions:
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        return base
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise CheckpointError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a mapping of settings")
-    unknown = set(config) - _OPTION_KEYS - _SETTING_KEYS - {"names"}
-    if unknown:
-        allowed = sorted(_OPTION_KEYS | _SETTING_KEYS | {"names"})
-        raise CheckpointError(f"{path}: unknown settings {sorted(unknown)}; allowed: {allowed}")
-    try:
-        return _apply(base, config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: {error}") from None
-
-
-def _apply(base: ServingOptions, config: dict[str, Any]) -> ServingOptions:
-    settings = {k: config[k] for k in _SETTING_KEYS & set(config)}
-    defaults: DetectionSettings = dataclasses.replace(base.defaults, **settings)
-    options = {k: config[k] for k in _OPTION_KEYS & set(config)}
-    if "names" in config:
-        names = config["names"]
-        if isinstance(names, dict):
-            names = [names[k] for k in sorted(names)]
-        if not isinstance(names, list):
-            raise ValueError("names must be a list of class names or a {id: name} mapping")
-        options["class_names"] = tuple(names)
-    return dataclasses.replace(base, defaults=defaults, **options)
 
 
 class YoloRepository(ModelRepository):

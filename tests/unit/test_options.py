@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from predictor.checkpoint import CheckpointError
-from predictor.server import options, repository
+from predictor.server import options
 from predictor.server.limits import Limits
 from predictor.server.options import PerformanceOptions, ServingOptions
 
@@ -90,12 +90,12 @@ def test_config_yaml_refuses_what_the_command_line_refuses(
 ) -> None:
     (tmp_path / "config.yaml").write_text(config)
     with pytest.raises(CheckpointError) as raised:
-        repository._with_config(tmp_path, ServingOptions())
+        options.with_config_file(tmp_path, ServingOptions())
     assert message in str(raised.value)
 
 
 def test_config_yaml_overrides() -> None:
     base = ServingOptions()
-    changed = repository._apply(base, {"img_size": 320, "max_det": 5, "names": {1: "b", 0: "a"}})
+    changed = options.apply_config(base, {"img_size": 320, "max_det": 5, "names": {1: "b", 0: "a"}})
     assert (changed.img_size, changed.defaults.max_det, changed.class_names) == (320, 5, ("a", "b"))
     assert changed.limits == Limits()
