@@ -183,6 +183,35 @@ def refuse_over_grpc(server: Server) -> None:
             client.infer(model, [tensor])
 
 
+def test_grpc_requests_are_limited_by_max_request_bytes(server: Server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    tensor = grpcclient.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"x" * 400_000], dtype=object))
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("yolov5", [tensor])
+    assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED", raised.value
+    assert "300000" in raised.value.message()
+
+
+def test_another_kserve_is_refused_unless_allowed() -> None:
+    run_with_kserve(
+        """
+from unittest import mock
+from predictor.server import kserve_compat
+kserve_compat.check_kserve_version()
+with mock.patch.object(kserve_compat.metadata, "version", return_value="0.22.0"):
+    try:
+        kserve_compat.check_kserve_version()
+        raise SystemExit("not refused")
+    except kserve_compat.IncompatibleKServe as error:
+        assert "kserve 0.22.0 is installed" in str(error)
+        assert "--kserve_version_check off" in str(error)
+    kserve_compat.check_kserve_version(allow_other=True)
+print("ok")
+"""
+    )
+
+
 @pytest.mark.parametrize("path", ["/v2/models/yolov5/infer", "/v1/models/yolov5:predict"])
 def test_a_client_that_writes_its_whole_body_first_gets_the_413(server: Server, path) -> None:
     """urllib sends the whole body before it reads: the server must read the rest of an

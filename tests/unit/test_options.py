@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from predictor.checkpoint import CheckpointError
-from predictor.server import options
+from predictor.server import cli, contract, options
 from predictor.server.limits import Limits
 from predictor.server.options import PerformanceOptions, ServingOptions
 
@@ -99,3 +99,13 @@ def test_config_yaml_overrides() -> None:
     changed = options.apply_config(base, {"img_size": 320, "max_det": 5, "names": {1: "b", 0: "a"}})
     assert (changed.img_size, changed.defaults.max_det, changed.class_names) == (320, 5, ("a", "b"))
     assert changed.limits == Limits()
+
+
+def test_grpc_limits_follow_ours_unless_kserves_flags_are_given() -> None:
+    limits = Limits(max_request_bytes=1000, max_images=2)
+    unset = argparse.Namespace(
+        grpc_max_receive_message_length=None, grpc_max_send_message_length=None
+    )
+    assert cli.grpc_limits(unset, limits) == (1000, contract.largest_response_bytes(2))
+    given = argparse.Namespace(grpc_max_receive_message_length=5, grpc_max_send_message_length=6)
+    assert cli.grpc_limits(given, limits) == (5, 6)
