@@ -20,6 +20,11 @@ gRPC ModelInfer, ServerLive/Ready/Metadata. What we replace, and why:
 
 kserve's own error types, raised by the code of its we still run, are translated into ours
 (`serving_error`) so `errors.TABLE` decides every status code.
+
+No kserve function or class is patched. The private kserve 0.21 names relied on (check
+them when SUPPORTED_KSERVE changes): RESTServer `_add_middlewares`, `_register_endpoints`,
+`_add_exception_handlers` (overridden) and `_server` (uvicorn, told to exit on SIGTERM);
+ModelServer `_register_and_check_atleast_one_model_is_ready` and `_serve`.
 """
 
 from __future__ import annotations

@@ -130,6 +130,7 @@ class Job:
     version: LoadedVersion
     images: list[contract.ImageInput]
     settings: DetectionSettings
+    outputs: list[tuple[str, bool]]  # (name, binary) of each V2 output to return
 
 
 class YoloV5Model(Model):
@@ -222,9 +223,8 @@ class YoloV5Model(Model):
             )
         contract.check_limits(version.options.limits, images)
         settings = contract.detection_settings(params, version.options.defaults, version.names)
-        if request is not None:
-            _requested(request)  # an unknown output is refused before any work
-        return Job(request, version, images, settings)
+        outputs = _requested(request) if request is not None else []
+        return Job(request, version, images, settings, outputs)
 
     async def _prepare_all(self, job: Job) -> list[PreparedImage]:
         loop = asyncio.get_running_loop()
@@ -251,7 +251,7 @@ class YoloV5Model(Model):
     def _encode(self, job: Job, results: Sequence[Detections]) -> InferResponse | dict[str, Any]:
         if job.request is None:
             return contract.v1_response(results)
-        return _v2_response(job.request, results, self.name, job.version.version)
+        return _v2_response(job.request, job.outputs, results, self.name, job.version.version)
 
 
 INFERENCE_HEADER = "inference-header-content-length"
@@ -349,10 +349,13 @@ def _requested(request: InferRequest) -> list[tuple[str, bool]]:
 
 
 def _v2_response(
-    request: InferRequest, results: Sequence[Detections], model_name: str, model_version: str
+    request: InferRequest,
+    wanted: list[tuple[str, bool]],
+    results: Sequence[Detections],
+    model_name: str,
+    model_version: str,
 ) -> InferResponse:
     arrays = contract.output_arrays(results)
-    wanted = _requested(request)
     outputs = []
     for name, _ in wanted:
         datatype = contract.OUTPUTS[name][0]
