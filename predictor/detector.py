@@ -171,9 +171,10 @@ class Detector:
         """N x 3 x H x W float32 -> raw head output (N, anchors, 5 + nc), on `engine`."""
         return (engine or self.engine)(batch)
 
-    def postprocess(
+    def nms(
         self, raw: torch.Tensor, images: Sequence[PreparedImage], settings: DetectionSettings
     ) -> list[Detections]:
+        """Non-maximum suppression per image, boxes scaled back to each original image."""
         kept = non_max_suppression(
             raw,
             settings.conf_threshold,
@@ -209,7 +210,7 @@ class Detector:
         for indices in _group_by_shape(prepared):
             group = [prepared[i] for i in indices]
             raw = self.forward(stack_batch(group))
-            for i, result in zip(indices, self.postprocess(raw, group, settings), strict=True):
+            for i, result in zip(indices, self.nms(raw, group, settings), strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
 

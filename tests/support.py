@@ -1,19 +1,24 @@
-"""Shared helpers for the predictor tests: small detecting models, checkpoints, pickle probes."""
+"""Shared helpers for the predictor tests: small detecting models, checkpoints, pickle probes,
+encoded images and V2 request bodies."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import functools
 import math
 import pickletools
+import struct
 import sys
 import types
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -226,3 +231,34 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     image = np.kron(blocks, np.ones((16, 16, 1)))[:height, :width]
     noise = rng.integers(-20, 21, size=(height, width, 3))
     return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def jpeg(height: int = 120, width: int = 160, seed: int = 0) -> bytes:
+    """A JPEG of random pixels."""
+    image = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (a decompression bomb's calling card)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def v2_body(*images: bytes, **extra: Any) -> dict[str, Any]:
+    """A V2 JSON request with `images` as base64 BYTES; `extra` adds top-level keys."""
+    data = [base64.b64encode(b).decode() for b in images]
+    return {
+        "inputs": [{"name": "image", "shape": [len(data)], "datatype": "BYTES", "data": data}],
+        **extra,
+    }

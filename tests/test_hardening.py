@@ -6,12 +6,12 @@ import base64
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,43 +20,18 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tritonclient.utils import InferenceServerException
 
 from predictor import soak
 from tests.serving import REPO, Server, running_server
-from tests.support import save_detecting_checkpoint
+from tests.support import jpeg, png_header_only, save_detecting_checkpoint, v2_body
 
-LIMITS = ["--max_request_bytes", "300000", "--max_images", "3", "--max_image_pixels", "1000000"]
-
-
-def jpeg(height: int = 120, width: int = 160) -> bytes:
-    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    return cv2.imencode(".jpg", image)[1].tobytes()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height (a decompression bomb's calling card)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
-def v2_body(*images: bytes, **extra) -> dict:
-    data = [base64.b64encode(b).decode() for b in images]
-    return {
-        "inputs": [{"name": "image", "shape": [len(data)], "datatype": "BYTES", "data": data}],
-        **extra,
-    }
+INFERENCE_HEADER = "Inference-Header-Content-Length"
+# Small enough that every limit is reachable under the body limit (raw pixels included).
+LIMITS = ["--max_request_bytes", "300000", "--max_images", "3", "--max_image_pixels", "90000"]
 
 
 @pytest.fixture(scope="module")
@@ -108,17 +83,30 @@ def test_decompression_bomb_is_refused_from_its_header(server: Server) -> None:
     assert time.monotonic() - started < 5
     response = infer(server, v2_body(png_header_only(2000, 2000)))
     assert response.status_code == 413
-    assert "--max_image_pixels=1000000" in response.json()["error"]
+    assert "--max_image_pixels=90000" in response.json()["error"]
     assert_still_serving(server)
 
 
 def test_raw_pixels_over_limit_are_413(server: Server) -> None:
-    pixels = np.zeros((1, 1100, 1000, 3), np.uint8)
-    body = {
-        "inputs": [{"name": "image", "shape": list(pixels.shape), "datatype": "UINT8", "data": [0]}]
-    }
-    # shape disagrees with data: a 400, not a crash
-    assert infer(server, body).status_code == 400
+    """UINT8 pixels over --max_image_pixels, in the binary extension."""
+    pixels = np.zeros((1, 301, 300, 3), np.uint8)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": list(pixels.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": pixels.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    body = header + pixels.tobytes()
+    assert len(body) < 300_000  # under --max_request_bytes: the pixel limit refuses it
+    response = infer(server, body, headers={INFERENCE_HEADER: str(len(header))})
+    assert response.status_code == 413, response.text
+    assert "300x301 = 90300 pixels, over --max_image_pixels=90000" in response.text
     assert_still_serving(server)
 
 
@@ -128,7 +116,7 @@ def test_raw_pixels_over_limit_are_413(server: Server) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        (b'{"inputs": [', 400, ""),
+        (b'{"inputs": [', 400, "not valid JSON"),
         (b"{}", 400, "inputs"),
         (v2_body(jpeg()[:-200]), 400, "truncated"),
         (v2_body(b""), 400, "empty"),
@@ -139,7 +127,104 @@ def test_raw_pixels_over_limit_are_413(server: Server) -> None:
 def test_hostile_input_gets_a_clear_4xx(server: Server, body, status, message) -> None:
     response = infer(server, body, headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
-    assert message in response.text
+    assert message in response.json()["error"]
+
+
+def log_entries(server: Server, start: int = 0) -> list[dict]:
+    """The server's JSON log records from byte `start` on."""
+    with server.log.open("rb") as log:
+        log.seek(start)
+        lines = log.read().decode(errors="replace").splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_client_errors_are_logged_as_access_lines_not_errors(server: Server) -> None:
+    """Every kind of 4xx: one INFO access line with the reason, no ERROR, no traceback."""
+    start = server.log.stat().st_size
+    url = server.http_url
+    refused = [
+        infer(server, b'{"inputs": ['),
+        infer(server, v2_body(jpeg()[:-200])),
+        infer(server, v2_body(b"GIF89a not really")),
+        infer(server, v2_body(jpeg(), parameters={"classes": "unicorn"})),
+        infer(server, v2_body(*[jpeg(32, 32)] * 4)),
+        infer(server, v2_body(png_header_only(60000, 60000))),
+        infer(server, v2_body(jpeg(), b"x" * 400_000)),
+        infer(
+            server, {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        ),
+        infer(server, v2_body(jpeg(), outputs=[{"name": "masks"}])),
+        httpx.post(f"{url}/v2/models/nosuch/infer", json=v2_body(jpeg())),
+        httpx.post(f"{url}/v2/models/yolov5/versions/9/infer", json=v2_body(jpeg())),
+        httpx.post(f"{url}/v1/models/yolov5:predict", json={"instances": [{"image": 3}]}),
+        httpx.post(f"{url}/v1/models/nosuch:predict", json={"instances": []}),
+        httpx.get(f"{url}/v2/models/nosuch"),
+        httpx.post(f"{url}/v2/repository/models/nosuch/load"),
+        httpx.post(f"{url}/v2/repository/index", content=b"[1]"),
+    ]
+    assert all(400 <= r.status_code < 500 for r in refused), [r.status_code for r in refused]
+    refuse_over_grpc(server)
+    time.sleep(0.5)  # the log is written by another process
+    entries = log_entries(server, start)
+    assert not [e for e in entries if e["level"] in ("ERROR", "CRITICAL") or "exception" in e]
+    access = [e for e in entries if e["logger"] == "predictor.access"]
+    refused_lines = [e for e in access if str(e["status"]).startswith("4") or e.get("reason")]
+    assert len(refused_lines) >= len(refused) + 2
+    assert all(e["level"] == "INFO" and e["reason"] for e in refused_lines)
+
+
+def refuse_over_grpc(server: Server) -> None:
+    """gRPC refusals (tritonclient, no kserve in this process): a bad image, no such model."""
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    tensor = grpcclient.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"not an image"], dtype=object))
+    for model in ("yolov5", "nosuch"):
+        with pytest.raises(InferenceServerException):
+            client.infer(model, [tensor])
+
+
+def test_grpc_requests_are_limited_by_max_request_bytes(server: Server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    tensor = grpcclient.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"x" * 400_000], dtype=object))
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("yolov5", [tensor])
+    assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED", raised.value
+    assert "300000" in raised.value.message()
+
+
+def test_another_kserve_is_refused_unless_allowed() -> None:
+    run_with_kserve(
+        """
+from unittest import mock
+from predictor.server import kserve_compat
+kserve_compat.check_kserve_version()
+with mock.patch.object(kserve_compat.metadata, "version", return_value="0.22.0"):
+    try:
+        kserve_compat.check_kserve_version()
+        raise SystemExit("not refused")
+    except kserve_compat.IncompatibleKServe as error:
+        assert "kserve 0.22.0 is installed" in str(error)
+        assert "--kserve_version_check off" in str(error)
+    kserve_compat.check_kserve_version(allow_other=True)
+print("ok")
+"""
+    )
+
+
+@pytest.mark.parametrize("path", ["/v2/models/yolov5/infer", "/v1/models/yolov5:predict"])
+def test_a_client_that_writes_its_whole_body_first_gets_the_413(server: Server, path) -> None:
+    """urllib sends the whole body before it reads: the server must read the rest of an
+    over-limit body before it answers, or the client sees a connection reset."""
+    body = b"x" * (16 * 1024 * 1024)
+    request = urllib.request.Request(
+        server.http_url + path, data=body, headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=60)
+    assert raised.value.code == 413
+    assert "--max_request_bytes=300000" in json.loads(raised.value.read())["error"]
+    assert_still_serving(server)
 
 
 @settings(
@@ -191,16 +276,44 @@ def test_prometheus_metrics(server: Server) -> None:
         'yolov5_inference_requests_total{model="yolov5",outcome="ok"}',
         'yolov5_inference_requests_total{model="yolov5",outcome="invalid"}',
         'yolov5_stage_seconds_bucket{le="0.001",model="yolov5",stage="decode"}',
-        'stage="inference"',
-        'stage="preprocess"',
-        'stage="postprocess"',
+        *(f'stage="{s}"' for s in ("queue_wait", "letterbox", "forward", "nms", "encode")),
         "yolov5_batch_size_bucket",
-        'yolov5_queue_depth{model="yolov5"}',
+        'yolov5_inflight_images{model="yolov5"} 0.0',
         'yolov5_images_total{model="yolov5"}',
         'yolov5_model_info{classes="a,b",device="cpu"',
         'yolov5_http_requests_total{path="/v2/models/{name}/infer",status="413"}',
     ):
         assert needle in text, needle
+
+
+def test_inflight_images_count_requests_until_answered(server: Server) -> None:
+    """The autoscaling signal: images admitted or waiting, until their answer is sent."""
+    body = v2_body(*[jpeg()] * 3)
+
+    def gauge() -> float:
+        text = httpx.get(f"{server.http_url}/metrics").text
+        [line] = [
+            x for x in text.splitlines() if x.startswith('yolov5_inflight_images{model="yolov5"}')
+        ]
+        return float(line.split()[-1])
+
+    done = threading.Event()
+
+    def client() -> None:
+        while not done.is_set():
+            assert infer(server, body).status_code == 200
+
+    workers = [threading.Thread(target=client) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    try:
+        seen = [gauge() for _ in range(40)]
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()
+    assert max(seen) > 3 and all(value % 3 == 0 for value in seen), seen
+    assert gauge() == 0
 
 
 # -- soak (short version; the full one is `python -m predictor.soak --duration 600`) ---
@@ -252,7 +365,8 @@ import asyncio, threading
 from pathlib import Path
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
-from predictor.server.model import ModelVersion, ServingOptions, YoloV5Model
+from predictor.server.model import ModelVersion, YoloV5Model
+from predictor.server.options import ServingOptions
 
 spec = ModelVersion("1", Path({str(model_dir / "model.pt")!r}), ServingOptions(img_size=64))
 model = YoloV5Model("m", [spec])
@@ -275,18 +389,14 @@ def test_grpc_reports_a_model_that_is_not_ready_as_unavailable() -> None:
 import asyncio
 from grpc import StatusCode
 from kserve.errors import ModelNotReady
-from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
-from predictor.server import kserve_fixes
+from predictor.server.kserve_compat import ErrorInterceptor
 
 class Context:
     async def abort(self, code, details):
         self.aborted = (code, details)
 
-kserve_fixes.apply()
 context = Context()
-asyncio.run(
-    ExceptionToStatusInterceptor().handle_exception(ModelNotReady("m"), None, context, "Infer")
-)
+asyncio.run(ErrorInterceptor().handle_exception(ModelNotReady("m"), None, context, "Infer"))
 assert context.aborted == (StatusCode.UNAVAILABLE, "Model with name m is not ready."), context
 print("ok")
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from predictor import protowire
 from predictor.checkpoint import save_checkpoint
 from predictor.runtime.architecture import build_model, yolov5_spec
 from tests.serving import REPO, Server, running_server
-from tests.support import random_image, save_responsive_checkpoint
+from tests.support import random_image, save_responsive_checkpoint, v2_body
 
 
 def write_repository(root: Path) -> Path:
@@ -61,17 +60,7 @@ def jpeg(seed: int) -> bytes:
 
 def infer(server: Server, model: str, version: str | None = None, **parameters) -> httpx.Response:
     path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-    body = {
-        "inputs": [
-            {
-                "name": "image",
-                "shape": [1],
-                "datatype": "BYTES",
-                "data": [base64.b64encode(jpeg(3)).decode()],
-            }
-        ],
-        "parameters": parameters,
-    }
+    body = v2_body(jpeg(3), parameters=parameters)
     return httpx.post(server.http_url + path, json=body, timeout=60)
 
 
@@ -173,7 +162,7 @@ def test_grpc_readiness_and_metadata_know_versions(server: Server) -> None:
         with pytest.raises(InferenceServerException) as raised:
             call("traffic", "9")
         assert raised.value.status() == "StatusCode.NOT_FOUND", raised.value
-        assert "traffic version 9" in raised.value.message()
+        assert "model 'traffic' has no version '9'" in raised.value.message()
 
 
 def test_per_model_metrics(server: Server) -> None:

@@ -3,7 +3,6 @@ lane, warm-up, errors and cancellation, and that the event loop never waits on i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import pytest
 from predictor import DetectionSettings, Detector
 from predictor.backends import Backend, Engine, Parallelism
 from predictor.detector import stack_batch
-from predictor.server.scheduler import PerformanceOptions, Scheduler, add_performance_arguments
+from predictor.server.options import PerformanceOptions
+from predictor.server.scheduler import Scheduler
 from tests.serving import REPO
 from tests.support import random_image
 from tests.test_backends import assert_same_detections, save_stable_checkpoint
@@ -333,37 +333,6 @@ def test_inference_never_blocks_the_event_loop(checkpoint) -> None:
     finally:
         engine.gate = None
         scheduler.close()
-
-
-def test_performance_flags_parse() -> None:
-    # A plain parser: the server's own pulls in kserve, whose protos clash with tritonclient's
-    # (imported by other test modules) in one process.
-    parser = argparse.ArgumentParser()
-    add_performance_arguments(parser)
-    defaults = PerformanceOptions.from_args(parser.parse_args([]))
-    assert defaults.backend == "auto"
-    assert (defaults.streams, defaults.max_batch_size, defaults.max_batch_delay_ms) == (
-        None,
-        None,
-        None,
-    )
-    args = parser.parse_args(
-        [
-            "--backend=onnxruntime",
-            "--cache_dir=",
-            "--streams=3",
-            "--threads_per_stream=2",
-            "--solo_threads=auto",
-            "--max_batch_size=4",
-            "--max_batch_delay_ms=0",
-        ]
-    )
-    assert PerformanceOptions.from_args(args) == PerformanceOptions(
-        "onnxruntime", "", 3, 2, None, 4, 0.0
-    )
-    for bad in (["--streams=0"], ["--max_batch_delay_ms=-1"], ["--backend=tensorrt"]):
-        with pytest.raises(SystemExit):
-            parser.parse_args(bad)
 
 
 def test_server_cli_offers_the_performance_flags() -> None:

@@ -165,6 +165,18 @@ def test_tritonclient_grpc_bytes(server: Server, images, expected) -> None:
     assert_matches({n: result.as_numpy(n) for n in OUTPUT_NAMES}, expected)
 
 
+def test_grpc_takes_an_image_over_kserves_8_mib_default(server: Server) -> None:
+    """gRPC messages are limited by --max_request_bytes (64 MiB), not kserve's 8 MiB."""
+    noise = np.random.default_rng(3).integers(0, 255, (1800, 1800, 3), dtype=np.uint8)
+    png = cv2.imencode(".png", noise)[1].tobytes()
+    assert len(png) > 8 * 1024 * 1024
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    tensor = grpcclient.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([png], dtype=object))
+    result = client.infer("yolov5", [tensor])
+    assert result.as_numpy("num_detections").shape == (1,)
+
+
 def test_raw_uint8_rgb_pixels(server: Server, images, expected_alone) -> None:
     rgb = decode_image(images[0])[..., ::-1]
     client = httpclient.InferenceServerClient(server.http_host)

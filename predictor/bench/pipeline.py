@@ -116,7 +116,7 @@ def detect_once(
     """One image through the whole pipeline: decode, letterbox, forward, NMS."""
     image = detector.prepare(decode_image(payload))
     raw = detector.forward(stack_batch([image]), engine)
-    detector.postprocess(raw, [image], settings)
+    detector.nms(raw, [image], settings)
 
 
 @contextlib.contextmanager

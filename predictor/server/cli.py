@@ -1,7 +1,7 @@
-"""`python -m predictor`: serve a YOLOv5 checkpoint with KServe's ModelServer.
+"""`python -m predictor`: serve YOLOv5 checkpoints with KServe's ModelServer.
 
-Every stock KServe ModelServer flag works (ports, gRPC, logging, ...); the flags below
-configure the detector. Example:
+Every stock KServe ModelServer flag works (ports, gRPC, logging, ...); our flags are in
+`options`. Example:
 
     python -m predictor --model_dir model_store --img_size 320
 """
@@ -12,14 +12,13 @@ import argparse
 import logging
 import sys
 
+from ..backends import BackendError
 from ..checkpoint import CheckpointError
-from ..detector import DetectionSettings
-from .limits import Limits
+from . import contract, options
 from .observability import configure_json_logging
-from .scheduler import PerformanceOptions, add_performance_arguments
 
 DEFAULT_MODEL_NAME = "yolov5"
-DEFAULT_MODEL_DIR = "/mnt/models"
+DEFAULT_MODEL_DIR = options.DEFAULT_MODEL_DIR
 
 logger = logging.getLogger("predictor")
 
@@ -34,72 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model_server.parser],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.set_defaults(model_name=DEFAULT_MODEL_NAME)
-    group = parser.add_argument_group("YOLOv5")
-    group.add_argument(
-        "--model_dir",
-        default=DEFAULT_MODEL_DIR,
-        help="a checkpoint file; a directory holding one (KServe's storage initializer puts "
-        "storageUri content in /mnt/models); or a repository: one subdirectory per model, "
-        "<name>/<checkpoint> or <name>/<version>/<checkpoint>, each with an optional "
-        "config.yaml (img_size, letterbox, conf_threshold, iou_threshold, max_det, names)",
+    # None: not given, so the gRPC limits follow --max_request_bytes and the largest
+    # possible response instead of kserve's 8 MiB.
+    parser.set_defaults(
+        model_name=DEFAULT_MODEL_NAME,
+        grpc_max_receive_message_length=None,
+        grpc_max_send_message_length=None,
     )
-    group.add_argument("--img_size", type=int, default=640, help="network input size in pixels")
-    group.add_argument(
-        "--letterbox",
-        choices=("square", "rect"),
-        default="square",
-        help="square: pad to img_size x img_size (batchable); rect: pad only to a multiple "
-        "of the stride, like YOLOv5's detect.py",
-    )
-    defaults = DetectionSettings()
-    group.add_argument("--conf_threshold", type=float, default=defaults.conf_threshold)
-    group.add_argument("--iou_threshold", type=float, default=defaults.iou_threshold)
-    group.add_argument("--max_det", type=int, default=defaults.max_det)
-    group.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA when available), cpu, cuda or cuda:N",
-    )
-    limits = parser.add_argument_group(
-        "request limits (over a limit: HTTP 413 / gRPC INVALID_ARGUMENT)"
-    )
-    default_limits = Limits()
-    limits.add_argument(
-        "--max_request_bytes",
-        type=int,
-        default=default_limits.max_request_bytes,
-        help="largest HTTP request body",
-    )
-    limits.add_argument(
-        "--max_images", type=int, default=default_limits.max_images, help="images per request"
-    )
-    limits.add_argument(
-        "--max_image_pixels",
-        type=int,
-        default=default_limits.max_image_pixels,
-        help="width x height of one image, checked from its header before decoding",
-    )
-    limits.add_argument(
-        "--max_batch_decoded_bytes",
-        type=int,
-        default=default_limits.max_batch_decoded_bytes,
-        help="decoded size of all images in one request",
-    )
-    group.add_argument(
-        "--max_loaded_models",
-        type=int,
-        default=16,
-        help="most models loaded at once (startup and POST /v2/repository/models/NAME/load)",
-    )
-    add_performance_arguments(parser)
-    parser.add_argument(
-        "--log_format",
-        choices=("json", "text"),
-        default="json",
-        help="json: one JSON object per line with the request id; text: KServe's format",
-    )
+    options.add_arguments(parser)
     return parser
+
+
+def grpc_limits(args: argparse.Namespace, limits: options.Limits) -> tuple[int, int]:
+    """(receive, send) gRPC message limits: kserve's flags when given, else ours."""
+    receive = args.grpc_max_receive_message_length or limits.max_request_bytes
+    send = args.grpc_max_send_message_length or contract.largest_response_bytes(limits.max_images)
+    return receive, send
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,29 +60,21 @@ def main(argv: list[str] | None = None) -> int:
             "(breaking CUDA and multiplying memory). Scale with replicas instead."
         )
     try:
-        defaults = DetectionSettings(args.conf_threshold, args.iou_threshold, args.max_det)
+        base = options.serving_options_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    limits = Limits(
-        args.max_request_bytes, args.max_images, args.max_image_pixels, args.max_batch_decoded_bytes
-    )
     json_logs = args.log_format == "json" and args.configure_logging and not args.log_config_file
     if json_logs:
         configure_json_logging()
 
-    from . import app, kserve_fixes
-    from .model import ServingOptions
+    from . import kserve_compat
     from .repository import YoloRepository
-    from .shutdown import GracefulModelServer
 
-    base = ServingOptions(
-        args.img_size,
-        args.letterbox,
-        args.device,
-        defaults,
-        limits,
-        performance=PerformanceOptions.from_args(args),
-    )
+    try:
+        kserve_compat.check_kserve_version(allow_other=args.kserve_version_check == "off")
+    except kserve_compat.IncompatibleKServe as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     repository = YoloRepository(args.model_dir, args.model_name, base, args.max_loaded_models)
     try:
         entries = repository.entries()
@@ -143,15 +84,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"--max_loaded_models={args.max_loaded_models}"
             )
         models = [repository.load_entry(entry) for entry in entries]
-    except (CheckpointError, ValueError) as error:
+    except (CheckpointError, BackendError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    kserve_fixes.apply()
-    server = GracefulModelServer(
-        registered_models=repository,
+    server = kserve_compat.YoloModelServer(
+        repository,
+        max_body_bytes=base.limits.max_request_bytes,
+        grpc_limits=grpc_limits(args, base.limits),
         http_port=args.http_port,
         grpc_port=args.grpc_port,
-        workers=1,
         max_threads=args.max_threads,
         max_asyncio_workers=args.max_asyncio_workers,
         enable_grpc=args.enable_grpc,
@@ -163,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
-    app.extend(server, repository, limits)
     if json_logs:
         configure_json_logging()  # ModelServer() re-applied KServe's text format
     server.start(models)

@@ -1,4 +1,6 @@
-"""The V2 (Open Inference Protocol) and V1 contract of the YOLOv5 service.
+"""The V2 (Open Inference Protocol) and V1 contract of the YOLOv5 service, as plain Python:
+numpy arrays and dicts in, our errors (`errors`) out. No kserve here (its adapter is
+`model`), so every input form, parameter and limit is unit-tested in-process.
 
 Input `image`: BYTES [N] of encoded images (raw bytes over gRPC and the REST binary
 extension, base64 text in REST JSON), or UINT8 [N,H,W,3] / [H,W,3] RGB pixels.
@@ -13,17 +15,19 @@ import base64
 import binascii
 import dataclasses
 import struct
-import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
-from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 
 from .. import protowire
 from ..detector import Detections, DetectionSettings
+from ..imaging import ImageDecodeError, decode_image
+from ..nms import MAX_CANDIDATES
+from .errors import InvalidRequest
+from .limits import Limits, encoded_image_size
 
 INPUT_NAME = "image"
 OUTPUTS: dict[str, tuple[str, list[int]]] = {
@@ -34,8 +38,20 @@ OUTPUTS: dict[str, tuple[str, list[int]]] = {
     "labels": ("BYTES", [-1, -1]),
 }
 
+MAX_LABEL_BYTES = 256
+RESPONSE_OVERHEAD_BYTES = 64 * 1024
+
 # An image as it arrives: encoded bytes, or an HxWx3 RGB uint8 array.
 ImageInput = bytes | np.ndarray
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """An input tensor as the protocol layer decoded it."""
+
+    datatype: str
+    shape: list[int]
+    array: np.ndarray
 
 
 def input_metadata() -> list[dict[str, Any]]:
@@ -46,26 +62,36 @@ def output_metadata() -> list[dict[str, Any]]:
     return [{"name": n, "datatype": t, "shape": s} for n, (t, s) in OUTPUTS.items()]
 
 
+def model_metadata(name: str, versions: Sequence[str]) -> dict[str, Any]:
+    """The V2 model metadata (REST and gRPC)."""
+    return {
+        "name": name,
+        "versions": list(versions),
+        "platform": "",
+        "inputs": input_metadata(),
+        "outputs": output_metadata(),
+    }
+
+
+def largest_response_bytes(max_images: int) -> int:
+    """An upper bound on one response's size: every image with NMS's most candidates, each
+    with a class name of up to MAX_LABEL_BYTES (the gRPC send limit)."""
+    per_detection = 4 * 4 + 4 + 4 + 4 + MAX_LABEL_BYTES  # box, score, class, label length+text
+    return max_images * (4 + MAX_CANDIDATES * per_detection) + RESPONSE_OVERHEAD_BYTES
+
+
 # -- requests -----------------------------------------------------------------------------
 
 
-def images_from_v2(request: InferRequest) -> list[ImageInput]:
-    tensor = next((i for i in request.inputs if i.name == INPUT_NAME), None)
+def images_from_v2(inputs: Mapping[str, Tensor]) -> list[ImageInput]:
+    """The images of a V2 request's inputs (by name)."""
+    tensor = inputs.get(INPUT_NAME)
     if tensor is None:
-        names = [i.name for i in request.inputs]
-        raise InvalidInput(f"input '{INPUT_NAME}' is required (got {names})")
-    try:
-        array = tensor.as_numpy()
-    except (ValueError, TypeError, OverflowError) as error:
-        raise InvalidInput(
-            f"input '{INPUT_NAME}': data does not match datatype {tensor.datatype} "
-            f"and shape {tensor.shape} ({error})"
-        ) from None
-    except Exception as error:  # kserve raises struct.error & co. on malformed BYTES
-        raise InvalidInput(f"input '{INPUT_NAME}': malformed tensor data ({error})") from None
+        raise InvalidRequest(f"input '{INPUT_NAME}' is required (got {list(inputs)})")
+    array = tensor.array
     if tensor.datatype == "BYTES":
         if array.ndim != 1:
-            raise InvalidInput(
+            raise InvalidRequest(
                 f"input '{INPUT_NAME}': BYTES must have shape [N], got {tensor.shape}"
             )
         return [_encoded_image(item, index) for index, item in enumerate(array)]
@@ -73,12 +99,12 @@ def images_from_v2(request: InferRequest) -> list[ImageInput]:
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4 or array.shape[-1] != 3:
-            raise InvalidInput(
+            raise InvalidRequest(
                 f"input '{INPUT_NAME}': UINT8 pixels must have shape [N,H,W,3] or [H,W,3], "
                 f"got {tensor.shape}"
             )
         return list(array)
-    raise InvalidInput(
+    raise InvalidRequest(
         f"input '{INPUT_NAME}': datatype must be BYTES (encoded images) or UINT8 (RGB pixels), "
         f"got {tensor.datatype}"
     )
@@ -91,28 +117,28 @@ def _encoded_image(item: Any, index: int) -> bytes:
         try:
             return base64.b64decode(item, validate=True)
         except (binascii.Error, ValueError):
-            raise InvalidInput(f"input '{INPUT_NAME}'[{index}]: not valid base64") from None
-    raise InvalidInput(f"input '{INPUT_NAME}'[{index}]: expected bytes or base64 text")
+            raise InvalidRequest(f"input '{INPUT_NAME}'[{index}]: not valid base64") from None
+    raise InvalidRequest(f"input '{INPUT_NAME}'[{index}]: expected bytes or base64 text")
 
 
 def parse_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        raise InvalidInput(f"request body is not valid JSON: {error}") from None
+        raise InvalidRequest(f"request body is not valid JSON: {error}") from None
 
 
 def images_from_v1(body: Mapping[str, Any]) -> list[bytes]:
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
-        raise InvalidInput('V1 body must be {"instances": [{"image": {"b64": "..."}}, ...]}')
+        raise InvalidRequest('V1 body must be {"instances": [{"image": {"b64": "..."}}, ...]}')
     images = []
     for index, instance in enumerate(instances):
         value = instance.get("image", instance) if isinstance(instance, dict) else instance
         if isinstance(value, dict):
             value = value.get("b64")
         if not isinstance(value, str):
-            raise InvalidInput(f'instances[{index}]: expected {{"image": {{"b64": "..."}}}}')
+            raise InvalidRequest(f'instances[{index}]: expected {{"image": {{"b64": "..."}}}}')
         images.append(_encoded_image(value, index))
     return images
 
@@ -135,7 +161,7 @@ def detection_settings(
     try:
         return dataclasses.replace(defaults, **changes)
     except ValueError as error:
-        raise InvalidInput(f"parameter {error}") from None
+        raise InvalidRequest(f"parameter {error}") from None
 
 
 def _plain(value: Any) -> Any:
@@ -159,15 +185,15 @@ def _triton_only_parameter(parameter: Any) -> float | int | None:
 
 def _number(key: str, value: Any, kind: type) -> Any:
     if isinstance(value, bool):
-        raise InvalidInput(f"parameter {key} must be a number, got {value!r}")
+        raise InvalidRequest(f"parameter {key} must be a number, got {value!r}")
     try:
         number = kind(float(value)) if kind is int and isinstance(value, str) else kind(value)
     except (TypeError, ValueError):
-        raise InvalidInput(f"parameter {key} must be a number, got {value!r}") from None
+        raise InvalidRequest(f"parameter {key} must be a number, got {value!r}") from None
     if kind is int and float(value) != number:
-        raise InvalidInput(f"parameter {key} must be an integer, got {value!r}")
+        raise InvalidRequest(f"parameter {key} must be an integer, got {value!r}")
     if isinstance(number, float) and number != number:  # NaN
-        raise InvalidInput(f"parameter {key} must be a number, got {value!r}")
+        raise InvalidRequest(f"parameter {key} must be a number, got {value!r}")
     return number
 
 
@@ -179,7 +205,7 @@ def _boolean(key: str, value: Any) -> bool:
         return True
     if text in ("0", "false", "no"):
         return False
-    raise InvalidInput(f"parameter {key} must be true or false, got {value!r}")
+    raise InvalidRequest(f"parameter {key} must be true or false, got {value!r}")
 
 
 def _class_ids(value: Any, names: Sequence[str]) -> tuple[int, ...]:
@@ -192,17 +218,45 @@ def _class_ids(value: Any, names: Sequence[str]) -> tuple[int, ...]:
         if token.lstrip("-").isdigit():
             class_id = int(token)
             if not 0 <= class_id < len(names):
-                raise InvalidInput(
+                raise InvalidRequest(
                     f"parameter classes: id {class_id} is not in 0..{len(names) - 1}"
                 )
         elif token in names:
             class_id = names.index(token)
         else:
-            raise InvalidInput(
+            raise InvalidRequest(
                 f"parameter classes: unknown class {token!r}; classes are {list(names)}"
             )
         ids.append(class_id)
     return tuple(ids)
+
+
+def check_limits(limits: Limits, images: Sequence[ImageInput]) -> None:
+    """Reject an empty or oversized request from image headers alone, before decoding."""
+    if not images:
+        raise InvalidRequest(f"input '{INPUT_NAME}' holds no images")
+    limits.check_image_count(len(images))
+    sizes = []
+    for index, image in enumerate(images):
+        if isinstance(image, bytes):
+            width, height = encoded_image_size(index, image)
+        else:
+            height, width = image.shape[:2]
+        limits.check_pixels(index, width, height)
+        sizes.append((width, height))
+    limits.check_batch_bytes(sizes)
+
+
+def to_bgr(index: int, image: ImageInput) -> np.ndarray:
+    """One image as the HxWx3 BGR uint8 array the detector takes."""
+    if isinstance(image, bytes):
+        try:
+            return decode_image(image)
+        except ImageDecodeError as error:
+            raise InvalidRequest(f"input '{INPUT_NAME}'[{index}]: {error}") from None
+    if min(image.shape[:2]) < 1:
+        raise InvalidRequest(f"input '{INPUT_NAME}'[{index}]: empty image")
+    return np.ascontiguousarray(image[..., ::-1])
 
 
 # -- responses ----------------------------------------------------------------------------
@@ -227,44 +281,20 @@ def output_arrays(results: Sequence[Detections]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def v2_response(
-    request: InferRequest, results: Sequence[Detections], model_name: str, model_version: str
-) -> InferResponse:
-    arrays = output_arrays(results)
-    wanted = _requested_outputs(request)
-    outputs = []
-    for name, _ in wanted:
-        datatype = OUTPUTS[name][0]
-        output = InferOutput(name=name, shape=list(arrays[name].shape), datatype=datatype)
-        if request.from_grpc:  # tritonclient reads gRPC outputs from raw contents only
-            output.set_data_from_numpy(arrays[name], binary_data=True)
-        else:
-            output.data = arrays[name]
-        outputs.append(output)
-    return InferResponse(
-        response_id=request.id or str(uuid.uuid4()),
-        model_name=model_name,
-        model_version=model_version,
-        infer_outputs=outputs,
-        use_binary_outputs=request.from_grpc,
-        requested_outputs=None
-        if request.from_grpc
-        else [RequestedOutput(name=n, parameters={"binary_data": b}) for n, b in wanted],
-    )
-
-
-def _requested_outputs(request: InferRequest) -> list[tuple[str, bool]]:
-    """(name, binary) for each output to return; binary applies to REST only."""
-    params = {k: _plain(v) for k, v in (request.parameters or {}).items()}
-    default_binary = bool(params.get("binary_data_output", False))
-    if not request.request_outputs:
+def requested_outputs(
+    requested: Sequence[tuple[str, Any]] | None, parameters: Mapping[str, Any] | None
+) -> list[tuple[str, bool]]:
+    """(name, binary) for each output to return; `requested` holds (name, binary_data
+    parameter or None) pairs, None for all outputs. Binary applies to REST only."""
+    params = {k: _plain(v) for k, v in (parameters or {}).items()}
+    default_binary = _boolean("binary_data_output", params.get("binary_data_output", False))
+    if not requested:
         return [(name, default_binary) for name in OUTPUTS]
     wanted = []
-    for requested in request.request_outputs:
-        if requested.name not in OUTPUTS:
-            raise InvalidInput(f"unknown output {requested.name!r}; outputs are {list(OUTPUTS)}")
-        binary = requested.binary_data
-        wanted.append((requested.name, default_binary if binary is None else bool(_plain(binary))))
+    for name, binary in requested:
+        if name not in OUTPUTS:
+            raise InvalidRequest(f"unknown output {name!r}; outputs are {list(OUTPUTS)}")
+        wanted.append((name, default_binary if binary is None else bool(_plain(binary))))
     return wanted
 
 

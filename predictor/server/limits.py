@@ -7,14 +7,11 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from kserve.errors import InvalidInput
 from PIL import Image
 
+from .errors import InvalidRequest, LimitExceeded
+
 MiB = 1024 * 1024
-
-
-class LimitExceeded(InvalidInput):
-    """A request over one of the configured limits (answered with 413)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +20,11 @@ class Limits:
     max_images: int = 64  # images per request
     max_image_pixels: int = 50_000_000  # width x height of one image
     max_batch_decoded_bytes: int = 1024 * MiB  # decoded BGR bytes of all images in a request
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     def check_image_count(self, count: int) -> None:
         if count > self.max_images:
@@ -53,7 +55,7 @@ def encoded_image_size(index: int, data: bytes) -> tuple[int, int]:
     its IEND chunk would otherwise decode into a partly grey image.
     """
     if not data:
-        raise InvalidInput(f"input 'image'[{index}]: empty image")
+        raise InvalidRequest(f"input 'image'[{index}]: empty image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -63,12 +65,12 @@ def encoded_image_size(index: int, data: bytes) -> tuple[int, int]:
         raise LimitExceeded(
             f"input 'image'[{index}]: the header claims a decompression-bomb-sized image"
         ) from None
-    except Exception:
-        raise InvalidInput(
+    except (OSError, SyntaxError, ValueError):  # what Pillow raises for unreadable files
+        raise InvalidRequest(
             f"input 'image'[{index}]: not a decodable image (JPEG, PNG, BMP, WebP or TIFF expected)"
         ) from None
     if kind == "JPEG" and b"\xff\xd9" not in data[-1024:]:
-        raise InvalidInput(f"input 'image'[{index}]: truncated JPEG (no end-of-image marker)")
+        raise InvalidRequest(f"input 'image'[{index}]: truncated JPEG (no end-of-image marker)")
     if kind == "PNG" and b"IEND" not in data[-1024:]:
-        raise InvalidInput(f"input 'image'[{index}]: truncated PNG (no IEND chunk)")
+        raise InvalidRequest(f"input 'image'[{index}]: truncated PNG (no IEND chunk)")
     return size

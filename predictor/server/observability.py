@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import json
 import logging
 import logging.config
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from . import errors
+
 REQUEST_ID_HEADER = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("predictor.access")
+logger = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -26,7 +32,8 @@ INFERENCES = Counter(
 )
 STAGE_SECONDS = Histogram(
     "yolov5_stage_seconds",
-    "Time spent per pipeline stage (decode, preprocess, inference, postprocess)",
+    "Seconds per image and pipeline stage: decode, letterbox, queue_wait (queued until its "
+    "batch starts), nms; per batch: forward; per request: encode (the response)",
     ["model", "stage"],
     buckets=_LATENCY_BUCKETS,
 )
@@ -36,7 +43,11 @@ BATCH_SIZE = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
-QUEUE_DEPTH = Gauge("yolov5_queue_depth", "Requests waiting for or in inference", ["model"])
+INFLIGHT_IMAGES = Gauge(
+    "yolov5_inflight_images",
+    "Images admitted or waiting for admission and not yet answered (the autoscaling signal)",
+    ["model"],
+)
 IMAGES = Counter("yolov5_images", "Images processed", ["model"])
 MODEL_INFO = Gauge(
     "yolov5_model_info",
@@ -100,8 +111,32 @@ def _route_group(path: str) -> str:
     return path if len(path) < 40 else "other"
 
 
+# An over-limit body is read and dropped (up to this much more, for this long) before the
+# 413 goes out: a client that writes its whole body before reading (urllib, raw sockets)
+# would otherwise get a connection reset instead of the answer (nginx's lingering close).
+LINGER_BYTES = 256 * 1024 * 1024
+LINGER_SECONDS = 10.0
+
+
+@dataclass
+class Exchange:
+    """What the error handlers tell the access log about the request being answered."""
+
+    reason: str = ""
+
+
+_exchange: contextvars.ContextVar[Exchange] = contextvars.ContextVar("exchange")
+
+
+def note_reason(reason: str) -> None:
+    """The reason of a refused request, for its access-log line."""
+    with contextlib.suppress(LookupError):  # outside an HTTP request (gRPC)
+        _exchange.get().reason = reason
+
+
 class RequestMiddleware:
-    """Pure ASGI: request id in and out, body size limit, JSON access log, status metrics."""
+    """Pure ASGI: request id in and out, body size limit, one JSON access-log line per
+    request (4xx at INFO with the reason, 5xx at ERROR), status metrics."""
 
     def __init__(self, app: Any, max_body_bytes: int) -> None:
         self.app = app
@@ -116,11 +151,15 @@ class RequestMiddleware:
             headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")[:128] or uuid.uuid4().hex
         )
         token = request_id.set(rid)
+        exchange = Exchange()
+        exchange_token = _exchange.set(exchange)
         started = time.perf_counter()
         status = {"code": 500}
+        response_started = {"yes": False}
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
+                response_started["yes"] = True
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [
@@ -132,30 +171,42 @@ class RequestMiddleware:
         try:
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                await self._reject(send_with_id, int(declared))
+                if headers.get(b"expect", b"").lower() != b"100-continue":  # else: not sent yet
+                    await _linger(receive)
+                await self._reject(send_with_id, int(declared), exchange)
                 return
             await self.app(scope, self._limited(receive), send_with_id)
         except _BodyTooLarge as error:
-            await self._reject(send_with_id, error.size)
+            await _linger(receive)
+            await self._reject(send_with_id, error.size, exchange)
+        except Exception as error:  # a fault of ours: the traceback once, a JSON 500
+            logger.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=error)
+            if not response_started["yes"]:
+                await _send_json(send_with_id, 500, {"error": errors.client_message(error)})
         finally:
             elapsed = time.perf_counter() - started
             path = scope.get("path", "")
-            HTTP_REQUESTS.labels(_route_group(path), str(status["code"])).inc()
-            if path not in ("/metrics", "/v2/health/live") and not path.endswith("/ready"):
-                access_log.info(
+            code = status["code"]
+            HTTP_REQUESTS.labels(_route_group(path), str(code)).inc()
+            quiet = path in ("/metrics", "/v2/health/live") or path.endswith("/ready")
+            if code >= 400 or not quiet:
+                fields = {
+                    "method": scope.get("method"),
+                    "path": path,
+                    "status": code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                }
+                if exchange.reason:
+                    fields["reason"] = exchange.reason
+                access_log.log(
+                    logging.ERROR if code >= 500 else logging.INFO,
                     "%s %s %s",
                     scope.get("method"),
                     path,
-                    status["code"],
-                    extra={
-                        "fields": {
-                            "method": scope.get("method"),
-                            "path": path,
-                            "status": status["code"],
-                            "duration_ms": round(elapsed * 1000, 2),
-                        }
-                    },
+                    code,
+                    extra={"fields": fields},
                 )
+            _exchange.reset(exchange_token)
             request_id.reset(token)
 
     def _limited(self, receive: Any) -> Any:
@@ -172,18 +223,35 @@ class RequestMiddleware:
 
         return wrapped
 
-    async def _reject(self, send: Any, size: int) -> None:
+    async def _reject(self, send: Any, size: int, exchange: Exchange) -> None:
         limit = self.max_body_bytes
-        message = f"request body of {size} bytes exceeds --max_request_bytes={limit}"
-        body = json.dumps({"error": message}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        exchange.reason = f"request body of {size} bytes exceeds --max_request_bytes={limit}"
+        await _send_json(send, 413, {"error": exchange.reason}, close=True)
+
+
+async def _send_json(send: Any, status: int, content: dict, close: bool = False) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(content).encode()})
+
+
+async def _linger(receive: Any) -> None:
+    """Read and drop what is left of the request body, within LINGER_BYTES/LINGER_SECONDS."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_SECONDS
+    drained = 0
+    while drained < LINGER_BYTES:
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 class _BodyTooLarge(Exception):

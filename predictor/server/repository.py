@@ -16,28 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import dataclasses
 import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
-from kserve.errors import ModelNotFound
 from kserve.model_repository import ModelRepository
 
+from ..backends import BackendError
 from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
-from ..detector import DetectionSettings
-from .model import ModelVersion, ServingOptions, YoloV5Model
+from .errors import UnknownModel, UnservableModel
+from .model import LoadedVersion, ModelVersion, YoloV5Model
+from .options import ServingOptions, with_config_file
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
 DEFAULT_VERSION = "1"
-_OPTION_KEYS = {"img_size", "letterbox"}
-_SETTING_KEYS = {"conf_threshold", "iou_threshold", "max_det"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +49,7 @@ def discover(model_dir: str | Path, default_name: str, base: ServingOptions) -> 
     if not root.is_dir():
         raise CheckpointError(f"--model_dir {root}: no such directory")
     if _holds_one_model(root):
-        options = _with_config(root, base)
+        options = with_config_file(root, base)
         return [ModelEntry(default_name, [_version(root, DEFAULT_VERSION, options)])]
     entries = [model_entry(root, name, base) for name in _model_directories(root)]
     if not entries:
@@ -68,11 +63,12 @@ def discover(model_dir: str | Path, default_name: str, base: ServingOptions) -> 
 def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
     """The model `name` as the repository holds it now (read again on every load)."""
     if not name or name.startswith(".") or "/" in name or "\\" in name:
-        raise ModelNotFound(name)  # only plain directory names inside the repository
+        # only plain directory names inside the repository
+        raise UnknownModel(f"model {name!r} is not in the repository")
     directory = root / name
     if not directory.is_dir():
-        raise ModelNotFound(name)
-    options = _with_config(directory, base)
+        raise UnknownModel(f"model {name!r} is not in the repository")
+    options = with_config_file(directory, base)
     if _checkpoints(directory):
         return ModelEntry(name, [_version(directory, DEFAULT_VERSION, options)])
     numbered = sorted(
@@ -86,7 +82,7 @@ def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
         )
     return ModelEntry(
         name,
-        [_version(path, str(n), _with_config(path, options)) for n, path in numbered],
+        [_version(path, str(n), with_config_file(path, options)) for n, path in numbered],
     )
 
 
@@ -115,46 +111,6 @@ def _version(directory: Path, version: str, options: ServingOptions) -> ModelVer
     return ModelVersion(version, found[0], options)
 
 
-def _with_config(directory: Path, base: ServingOptions) -> ServingOptions:
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        return base
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise CheckpointError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a mapping of settings")
-    unknown = set(config) - _OPTION_KEYS - _SETTING_KEYS - {"names"}
-    if unknown:
-        allowed = sorted(_OPTION_KEYS | _SETTING_KEYS | {"names"})
-        raise CheckpointError(f"{path}: unknown settings {sorted(unknown)}; allowed: {allowed}")
-    try:
-        return _apply(base, config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: {error}") from None
-
-
-def _apply(base: ServingOptions, config: dict[str, Any]) -> ServingOptions:
-    settings = {k: config[k] for k in _SETTING_KEYS & set(config)}
-    defaults: DetectionSettings = dataclasses.replace(base.defaults, **settings)
-    options = {k: config[k] for k in _OPTION_KEYS & set(config)}
-    if "letterbox" in options and options["letterbox"] not in ("square", "rect"):
-        raise ValueError(f"letterbox must be square or rect, got {options['letterbox']!r}")
-    if "img_size" in options and (
-        not isinstance(options["img_size"], int) or options["img_size"] < 32
-    ):
-        raise ValueError(f"img_size must be an integer >= 32, got {options['img_size']!r}")
-    if "names" in config:
-        names = config["names"]
-        if isinstance(names, dict):
-            names = [names[k] for k in sorted(names)]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError("names must be a list of class names or a {id: name} mapping")
-        options["class_names"] = tuple(names)
-    return dataclasses.replace(base, defaults=defaults, **options)
-
-
 class YoloRepository(ModelRepository):
     """KServe's model registry, backed by `--model_dir`: the V2 repository extension's load
     reads a model from disk and warms it before it is registered; unload frees it."""
@@ -175,9 +131,17 @@ class YoloRepository(ModelRepository):
     def entry(self, name: str) -> ModelEntry:
         if _holds_one_model(self.root):
             if name != self.default_name:
-                raise ModelNotFound(name)
+                raise UnknownModel(f"model {name!r} is not in the repository")
             return self.entries()[0]
         return model_entry(self.root, name, self.base)
+
+    def resolve(self, name: str, version: str | None = None) -> tuple[YoloV5Model, LoadedVersion]:
+        """The model `name` and its `version` (None or "": the default), as every route and
+        gRPC method that names a model finds them; UnknownModel if either is not loaded."""
+        model = self.get_model(name)
+        if not isinstance(model, YoloV5Model):
+            raise UnknownModel(f"model {name!r} is not loaded")
+        return model, model.version(version)
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """The V2 repository index: each loaded version READY, each model that `load` would
@@ -218,12 +182,19 @@ class YoloRepository(ModelRepository):
         return model
 
     async def load(self, name: str) -> bool:
+        """The repository extension's load: UnknownModel, or UnservableModel with the reason
+        (a bad checkpoint or config.yaml, one model too many); the others keep serving."""
         async with self._lock:
-            entry = await asyncio.to_thread(self.entry, name)
-            await asyncio.to_thread(self.load_entry, entry)
+            try:
+                entry = await asyncio.to_thread(self.entry, name)
+                await asyncio.to_thread(self.load_entry, entry)
+            except (CheckpointError, BackendError) as error:
+                raise UnservableModel(f"cannot load model {name!r}: {error}") from None
         return True
 
     def unload(self, name: str) -> None:
+        if name not in self.models:
+            raise UnknownModel(f"model {name!r} is not loaded")
         super().unload(name)
         _release_memory()
         logger.info("unloaded %s", name)

@@ -13,112 +13,37 @@ solo engine, which has every CPU; under load the streams run single-threaded sid
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from ..backends import (
-    BACKENDS,
     Engine,
     Parallelism,
     available_cpus,
     plan_parallelism,
 )
 from ..detector import Detections, DetectionSettings, Detector, PreparedImage, stack_batch
+from .options import CPU_BATCHING, CUDA_BATCHING, PerformanceOptions
 
 logger = logging.getLogger(__name__)
 
-# Defaults by device. CPU: batch 1 (batching did not pay on a small CPU: batch 4 was slower
-# per image than batch 1), parallel streams instead. CUDA: batches fill the GPU.
-CPU_BATCHING = (1, 0.0)
-CUDA_BATCHING = (8, 2.0)
+
+class Observer(Protocol):
+    """Where the streams report what they did (the serving metrics)."""
+
+    def batch(self, images: int) -> None: ...
+
+    def stage(self, stage: Stage, seconds: float) -> None: ...
 
 
-@dataclass(frozen=True)
-class PerformanceOptions:
-    """The flags below; None = chosen from the device and the CPU quota."""
-
-    backend: str = "auto"
-    cache_dir: str | None = None
-    streams: int | None = None
-    threads_per_stream: int | None = None
-    solo_threads: int | None = None
-    max_batch_size: int | None = None
-    max_batch_delay_ms: float | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> PerformanceOptions:
-        return cls(
-            backend=args.backend,
-            cache_dir=args.cache_dir,
-            streams=args.streams,
-            threads_per_stream=args.threads_per_stream,
-            solo_threads=args.solo_threads,
-            max_batch_size=args.max_batch_size,
-            max_batch_delay_ms=args.max_batch_delay_ms,
-        )
-
-
-def add_performance_arguments(parser: argparse.ArgumentParser) -> None:
-    """--backend, --cache_dir, --streams, --threads_per_stream, --solo_threads,
-    --max_batch_size, --max_batch_delay_ms ("auto": chosen from the device and CPU quota)."""
-    from ..backends import resolve_cache_dir
-
-    group = parser.add_argument_group("performance")
-    group.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="inference runtime: auto (onnxruntime on CPU, torch on CUDA), torch (the "
-        "reference), onnxruntime (the checkpoint is exported to ONNX at load time and "
-        "checked against torch)",
-    )
-    group.add_argument(
-        "--cache_dir",
-        default=str(resolve_cache_dir(None) or ""),
-        help="where ONNX exports are cached by checkpoint hash ('' or a read-only "
-        "directory: export in memory at every start)",
-    )
-    group.add_argument(
-        "--streams",
-        type=_auto_or_positive_int,
-        default="auto",
-        help="inference streams running at once (auto: CPU: one per CPU of the cgroup "
-        "quota, at most 8; CUDA: 2)",
-    )
-    group.add_argument(
-        "--threads_per_stream",
-        type=_auto_or_positive_int,
-        default="auto",
-        help="CPU threads of each stream (auto: CPUs / streams, rounded down)",
-    )
-    group.add_argument(
-        "--solo_threads",
-        type=_auto_or_positive_int,
-        default="auto",
-        help="CPU threads a stream uses when it is the only one busy (auto: every CPU; "
-        "equal to --threads_per_stream: off)",
-    )
-    group.add_argument(
-        "--max_batch_size",
-        type=_auto_or_positive_int,
-        default="auto",
-        help="most images gathered from concurrent requests into one forward pass "
-        f"(auto: CPU {CPU_BATCHING[0]}, CUDA {CUDA_BATCHING[0]})",
-    )
-    group.add_argument(
-        "--max_batch_delay_ms",
-        type=_auto_or_non_negative_float,
-        default="auto",
-        help="longest an image waits for its batch to fill, in ms "
-        f"(auto: CPU {CPU_BATCHING[1]:g}, CUDA {CUDA_BATCHING[1]:g})",
-    )
+Stage = Literal["queue_wait", "forward", "nms"]
 
 
 @dataclass
@@ -138,7 +63,7 @@ class Scheduler:
         parallelism: Parallelism,
         max_batch_size: int = 1,
         max_batch_delay_ms: float = 0.0,
-        observe: Callable[[int, float], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -148,7 +73,7 @@ class Scheduler:
         self.parallelism = parallelism
         self.max_batch_size = max_batch_size
         self.max_batch_delay = max_batch_delay_ms / 1000
-        self._observe = observe
+        self._observer = observer
         backend = detector.backend
         alone = parallelism.streams == 1
         self.engines: list[Engine] = [
@@ -176,7 +101,7 @@ class Scheduler:
         detector: Detector,
         options: PerformanceOptions,
         cpus: int | None = None,
-        observe: Callable[[int, float], None] | None = None,
+        observer: Observer | None = None,
     ) -> Scheduler:
         """Parallelism and batching from `options`, defaults from the device and CPU quota."""
         device_type = detector.device.type
@@ -193,7 +118,7 @@ class Scheduler:
             parallelism,
             options.max_batch_size or batch,
             delay if options.max_batch_delay_ms is None else options.max_batch_delay_ms,
-            observe,
+            observer,
         )
 
     @property
@@ -247,10 +172,6 @@ class Scheduler:
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     # -- submitting ----------------------------------------------------------------------
 
@@ -344,7 +265,7 @@ class Scheduler:
         self._queue = kept
 
     def _run(self, engine: Engine, items: list[_Item]) -> None:
-        started = time.perf_counter()
+        started = time.monotonic()
         try:
             batch = stack_batch([item.image for item in items])
             raw = self.detector.forward(batch, engine)
@@ -353,17 +274,23 @@ class Scheduler:
                 _resolve(item.future, error=error)
             logger.exception("inference failed on a batch of %d", len(items))
             return
+        forwarded = time.monotonic()
+        nms_seconds = []
         for index, item in enumerate(items):
+            begun = time.monotonic()
             try:
-                [result] = self.detector.postprocess(
-                    raw[index : index + 1], [item.image], item.settings
-                )
+                [result] = self.detector.nms(raw[index : index + 1], [item.image], item.settings)
             except BaseException as error:
                 _resolve(item.future, error=error)
             else:
                 _resolve(item.future, result=result)
-        if self._observe is not None:
-            self._observe(len(items), time.perf_counter() - started)
+            nms_seconds.append(time.monotonic() - begun)
+        if self._observer is not None:
+            self._observer.batch(len(items))
+            self._observer.stage("forward", forwarded - started)
+            for item, seconds in zip(items, nms_seconds, strict=True):
+                self._observer.stage("queue_wait", started - item.enqueued)
+                self._observer.stage("nms", seconds)
 
 
 def _resolve(
@@ -378,27 +305,3 @@ def _resolve(
             future.set_result(result)  # type: ignore[arg-type]
     except InvalidStateError:  # cancelled meanwhile
         pass
-
-
-def _auto_or_positive_int(text: str) -> int | None:
-    if text == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 or 'auto', got {value}")
-    return value
-
-
-def _auto_or_non_negative_float(text: str) -> float | None:
-    if text == "auto":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 or 'auto', got {text}")
-    return value
