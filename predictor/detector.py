@@ -6,6 +6,7 @@ detector = Detector.load("yolov5s.pt", device="auto", img_size=640)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from .backends import Backend, Engine, Thresholds, create_backend
 from .checkpoint import LoadedModel, load_checkpoint
+from .cuda_diagnosis import CudaFacts, DeviceError, cuda_problem, gpu_expected
 from .imaging import (
     Letterbox,
     LetterboxMode,
@@ -25,6 +27,8 @@ from .imaging import (
     to_network_layout,
 )
 from .nms import non_max_suppression
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,27 @@ def stack_batch(images: Sequence[PreparedImage]) -> np.ndarray:
 
 
 def resolve_device(name: str) -> torch.device:
+    """ "auto": CUDA when usable, else the CPU; "cuda[:N]" that cannot run raises DeviceError
+    saying why (CPU build, no driver, driver too old, no GPU allocated)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if gpu_expected():
+            logger.warning(
+                "--device auto: a GPU seems allocated but CUDA is unusable, serving on the CPU: %s",
+                cuda_problem("cuda", CudaFacts.read()),
+            )
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        problem = cuda_problem(name, CudaFacts.read())
+        if problem is None and not torch.cuda.is_available():
+            problem = f"--device {name}: PyTorch reports CUDA unavailable ({torch.__version__})"
+        if problem is not None:
+            raise DeviceError(problem)
     return device
 
 

@@ -12,7 +12,6 @@ import argparse
 import logging
 import sys
 
-from ..backends import BackendError
 from ..checkpoint import CheckpointError
 from . import contract, options
 from .observability import configure_json_logging
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_json_logging()
 
     from . import kserve_compat
-    from .repository import YoloRepository
+    from .repository import MODEL_LOAD_ERRORS, YoloRepository
 
     try:
         kserve_compat.check_kserve_version(allow_other=args.kserve_version_check == "off")
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--max_loaded_models={args.max_loaded_models}"
             )
         models = [repository.load_entry(entry) for entry in entries]
-    except (CheckpointError, BackendError) as error:
+    except MODEL_LOAD_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     server = kserve_compat.YoloModelServer(

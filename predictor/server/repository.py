@@ -26,11 +26,15 @@ from kserve.model_repository import ModelRepository
 
 from ..backends import BackendError
 from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
+from ..cuda_diagnosis import DeviceError
 from .errors import UnknownModel, UnservableModel
 from .model import LoadedVersion, ModelVersion, YoloV5Model
 from .options import ServingOptions, with_config_file
 
 logger = logging.getLogger(__name__)
+
+# Why a model cannot be served: a refusal with its reason (exit 2 at start, 400 on a load).
+MODEL_LOAD_ERRORS = (CheckpointError, BackendError, DeviceError)
 
 DEFAULT_VERSION = "1"
 
@@ -188,7 +192,7 @@ class YoloRepository(ModelRepository):
             try:
                 entry = await asyncio.to_thread(self.entry, name)
                 await asyncio.to_thread(self.load_entry, entry)
-            except (CheckpointError, BackendError) as error:
+            except MODEL_LOAD_ERRORS as error:
                 raise UnservableModel(f"cannot load model {name!r}: {error}") from None
         return True
 
