@@ -329,6 +329,19 @@ def test_genuine_checkpoints_help() -> None:
     assert "last.pt" in run.stdout and "best.pt" in run.stdout and "--out" in run.stdout
 
 
+def test_genuine_untrained_yolov5s_is_stripped_train_py_format(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "predictor.training.genuine", "--untrained-only"]
+    subprocess.run([*command, "--out", str(tmp_path)], check=True, cwd=REPO, timeout=120)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["untrained.pt"]
+    with upstream_class_paths():
+        raw = torch.load(tmp_path / "untrained.pt", map_location="cpu", weights_only=False)
+    assert raw["ema"] is None and raw["optimizer"] is None and raw["epoch"] == -1
+    assert next(raw["model"].parameters()).dtype == torch.float16
+    loaded = load_checkpoint(tmp_path / "untrained.pt")
+    assert loaded.names == list(CLASS_NAMES)
+    assert sum(p.numel() for p in loaded.network.parameters()) > 7_000_000  # YOLOv5s, not n
+
+
 def test_make_demo_model_smoke_cli(tmp_path: Path) -> None:
     output = tmp_path / "demo.pt"
     script = REPO / "model_store" / "make_demo_model.py"

@@ -9,7 +9,9 @@ project's trainer and writes both files YOLOv5's `train.py` leaves behind:
 - `last.pt`: as written mid-training, after the last epoch: the training weights under
   `model`, the EMA under `ema` (both fp16), the optimizer state, `updates`, `epoch`;
 - `best.pt`: stripped as `train.py` strips it: the EMA under `model`, `ema` None,
-  no optimizer, `epoch` -1, fp16.
+  no optimizer, `epoch` -1, fp16;
+- `untrained.pt`: the same architecture freshly initialised as YOLOv5 initialises it,
+  stripped (`--untrained-only` writes just this one, in seconds).
 
 A short run (minutes on one thread): the detections are real but far from converged,
 which is what a checkpoint a few epochs into training looks like. The files are large
@@ -22,7 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .trainer import TrainConfig, train
+from ..checkpoint import save_checkpoint
+from .trainer import TrainConfig, new_model, train
 
 DEFAULT_DIR = Path(".cache") / "checkpoints" / "yolov5s-shapes"
 
@@ -51,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="directory to write")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+    parser.add_argument(
+        "--untrained-only", action="store_true", help="write untrained.pt only (no training)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(args.out / "untrained.pt", new_model(config(args.threads)))
+    print(f"wrote {args.out / 'untrained.pt'}")
+    if args.untrained_only:
+        return 0
     result = train(
         config(args.threads),
         args.out / "best.pt",
