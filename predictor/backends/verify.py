@@ -200,13 +200,13 @@ def compare_image_detections(
     )
     reordered = 0
     for rows, others, own_raw, other_raw, owner, other in sides:
-        for row in rows:
-            if _has_match(row, others):
-                continue
-            if not _same_anchor_agrees(row, own_raw, other_raw):
-                mismatch = f"{owner} {_describe(row)} {_nearest(row, others, other)}"
-                return ImageComparison(mismatch, 0, 0)
-            reordered += 1
+        unmatched = rows[~_matched(rows, others)]
+        agrees = _same_anchor_agrees(unmatched, own_raw, other_raw)
+        if not agrees.all():
+            row = unmatched[int(np.argmin(agrees))]
+            mismatch = f"{owner} {_describe(row)} {_nearest(row, others, other)}"
+            return ImageComparison(mismatch, 0, 0)
+        reordered += len(unmatched)
     return ImageComparison(None, len(strong_want), reordered)
 
 
@@ -216,20 +216,35 @@ def _predictions(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return xywh_to_xyxy(raw[:, :4]), score, class_id
 
 
-def _same_anchor_agrees(row: torch.Tensor, own_raw: torch.Tensor, other_raw: torch.Tensor) -> bool:
-    """The other side predicts this detection's class at its anchor with an equal box and
-    score (it may have ranked a near-equal class above it there)."""
+def _same_anchor_agrees(
+    rows: torch.Tensor, own_raw: torch.Tensor, other_raw: torch.Tensor
+) -> np.ndarray:
+    """For each detection in `rows` (from `own_raw`), whether the other side predicts its
+    class at its anchor with an equal box and score (it may have ranked a near-equal class
+    above it there). A detection's anchor is the first whose box and class are its own."""
+    if not len(rows):
+        return np.ones(0, dtype=bool)
     boxes, _, classes = _predictions(own_raw)
-    [anchors] = torch.nonzero((boxes == row[:4]).all(1) & (classes == row[5]), as_tuple=True)
-    if not len(anchors):
-        return False
-    other = other_raw[int(anchors[0])]
-    other_box = xywh_to_xyxy(other[None, :4])[0]
-    other_score = float(other[4] * other[5 + int(row[5])])
-    return (
-        float((other_box - row[:4]).abs().max()) <= BOX_TOLERANCE_PX
-        and abs(other_score - float(row[4])) <= SCORE_TOLERANCE
+    anchor_keys = torch.cat([boxes, classes[:, None].to(boxes.dtype)], 1).float().numpy()
+    anchor_of: dict[bytes, int] = {}
+    for anchor, key in enumerate(anchor_keys):
+        anchor_of.setdefault(key.tobytes(), anchor)
+    row_keys = torch.cat([rows[:, :4], rows[:, 5:6]], 1).float().numpy()
+    anchors = np.array([anchor_of.get(key.tobytes(), -1) for key in row_keys])
+    found = anchors >= 0
+    agrees = np.zeros(len(rows), dtype=bool)
+    if not found.any():
+        return agrees
+    other = other_raw[torch.from_numpy(anchors[found])].float()
+    wanted = rows[torch.from_numpy(found)]
+    class_ids = wanted[:, 5].long()
+    other_box = xywh_to_xyxy(other[:, :4])
+    other_score = other[:, 4] * other[torch.arange(len(other)), 5 + class_ids]
+    close = ((other_box - wanted[:, :4]).abs().amax(1) <= BOX_TOLERANCE_PX) & (
+        (other_score - wanted[:, 4]).abs() <= SCORE_TOLERANCE
     )
+    agrees[found] = close.numpy()
+    return agrees
 
 
 def _cut(detections: torch.Tensor, max_det: int) -> float:
@@ -246,11 +261,36 @@ def _candidate_cut(raw: torch.Tensor, conf: float) -> float:
     return float(scores.sort(descending=True).values[MAX_CANDIDATES - 1])
 
 
-def _has_match(row: torch.Tensor, others: torch.Tensor) -> bool:
-    same_class = others[others[:, 5] == row[5]]
-    box_close = (same_class[:, :4] - row[:4]).abs().amax(1) <= BOX_TOLERANCE_PX
-    score_close = (same_class[:, 4] - row[4]).abs() <= SCORE_TOLERANCE
-    return bool((box_close & score_close).any())
+def _matched(rows: torch.Tensor, others: torch.Tensor) -> np.ndarray:
+    """For each detection in `rows`, whether `others` has one of its class with a box within
+    BOX_TOLERANCE_PX and a score within SCORE_TOLERANCE.
+
+    Pairs are only formed inside a window of x1 (sorted per class), so the thousands of
+    detections of a low threshold cost a sort and a few array passes, not rows x others.
+    """
+    mine, theirs = rows.double().cpu().numpy(), others.double().cpu().numpy()
+    found = np.zeros(len(mine), dtype=bool)
+    if not len(mine) or not len(theirs):
+        return found
+    order = np.lexsort((theirs[:, 0], theirs[:, 5]))  # by class, then x1
+    theirs = theirs[order]
+    # One sortable key per detection: class first, x1 within it (x1 spans far less than 1e7).
+    span = 1e7
+    keys = theirs[:, 5] * span + theirs[:, 0]
+    start = np.searchsorted(keys, mine[:, 5] * span + mine[:, 0] - BOX_TOLERANCE_PX, "left")
+    stop = np.searchsorted(keys, mine[:, 5] * span + mine[:, 0] + BOX_TOLERANCE_PX, "right")
+    counts = stop - start
+    if not counts.sum():
+        return found
+    row_of_pair = np.repeat(np.arange(len(mine)), counts)
+    first_of_row = np.repeat(np.cumsum(counts) - counts, counts)
+    other_of_pair = np.repeat(start, counts) + np.arange(counts.sum()) - first_of_row
+    a, b = mine[row_of_pair], theirs[other_of_pair]
+    close = (np.abs(a[:, :4] - b[:, :4]).max(1) <= BOX_TOLERANCE_PX) & (
+        np.abs(a[:, 4] - b[:, 4]) <= SCORE_TOLERANCE
+    )
+    found[row_of_pair[close]] = True
+    return found
 
 
 def _describe(row: torch.Tensor) -> str:
