@@ -17,7 +17,7 @@ from ..checkpoint import CheckpointError
 from . import contract, options
 from .observability import configure_json_logging
 
-DEFAULT_MODEL_NAME = "yolov5"
+DEFAULT_MODEL_NAME = options.DEFAULT_MODEL_NAME
 DEFAULT_MODEL_DIR = options.DEFAULT_MODEL_DIR
 
 logger = logging.getLogger("predictor")
@@ -33,10 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model_server.parser],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    # None: not given, so the gRPC limits follow --max_request_bytes and the largest
-    # possible response instead of kserve's 8 MiB.
+    # None: not given. A single checkpoint is then served as DEFAULT_MODEL_NAME and an
+    # archive under its own model name; the gRPC limits follow --max_request_bytes and the
+    # largest possible response instead of kserve's 8 MiB.
     parser.set_defaults(
-        model_name=DEFAULT_MODEL_NAME,
+        model_name=None,
         grpc_max_receive_message_length=None,
         grpc_max_send_message_length=None,
     )
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_keep_alive=args.timeout_keep_alive,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
+        torchserve_api=args.torchserve_api,
     )
     if json_logs:
         configure_json_logging()  # ModelServer() re-applied KServe's text format
