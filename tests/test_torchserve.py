@@ -3,6 +3,7 @@ and TorchServe-style clients (raw body, PUT, multipart img1/img2) get V2's detec
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -211,6 +212,11 @@ def test_truncated_multipart_is_a_bad_request(server: Server) -> None:
     assert response.status_code == 400
     assert response.json()["message"].endswith("no closing boundary")
 
+    headers = {"content-type": "multipart/form-data; boundary=" + "b" * 100}  # RFC 2046: <= 70
+    response = post(server, "/predictions/servemodel", content=content, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("malformed multipart/form-data body")
+
 
 def test_refusals_are_not_logged_as_errors(server: Server) -> None:
     post(server, "/predictions/servemodel", content=b"junk")
@@ -305,13 +311,18 @@ def test_model_store_with_repository_load_and_unload(store: Path) -> None:
 
 
 def test_model_name_renames_a_single_archive(workdir: Path) -> None:
-    """KServe's runtime passes --model_name={{.Name}}; storageUri put the archive in a dir."""
+    """KServe's runtime passes --model_name={{.Name}}; storageUri put the archive in a dir.
+    With --cache_dir "" the archive is extracted into a temporary directory, removed at exit."""
     mnt = workdir / "mnt-models"
     archive(workdir, mnt)
-    with running_server(mnt, *SERVE, model_name="detector") as server:
+    with running_server(mnt, *SERVE, "--cache_dir", "", model_name="detector") as server:
         response = post(server, "/predictions/detector/1.0", content=jpeg(10))
         assert response.status_code == 200 and response.json()
         assert post(server, "/predictions/servemodel", content=b"x").status_code == 404
+        log = server.log.read_text()
+        [temporary] = re.findall(r"archives are extracted into (\S+), removed", log)
+        assert list(Path(temporary).rglob("yolov5x.pt"))
+    assert not Path(temporary).exists()
 
 
 def traversal_archive(path: Path) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import ORJSONResponse
 from fastapi.routing import APIRoute
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from . import errors, observability
@@ -144,7 +144,7 @@ def _form_fields(boundary: bytes, body: bytes, limits: Limits) -> list[bytes]:
         parser = MultipartParser(boundary, {"on_part_begin": begin, "on_part_data": data})
         parser.write(body)
         parser.finalize()
-    except MultipartParseError as error:
+    except FormParserError as error:  # a malformed body, or a boundary over 70 bytes
         raise InvalidRequest(f"malformed multipart/form-data body: {error}") from None
     if parser.state != MultipartState.END:
         raise InvalidRequest("malformed multipart/form-data body: no closing boundary")
