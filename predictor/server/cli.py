@@ -33,11 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model_server.parser],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    # None: not given. A single checkpoint is then served as DEFAULT_MODEL_NAME and an
-    # archive under its own model name; the gRPC limits follow --max_request_bytes and the
-    # largest possible response instead of kserve's 8 MiB.
+    # None: not given, so the gRPC limits follow --max_request_bytes and the largest
+    # possible response instead of kserve's 8 MiB.
     parser.set_defaults(
-        model_name=None,
+        model_name=DEFAULT_MODEL_NAME,
         grpc_max_receive_message_length=None,
         grpc_max_send_message_length=None,
     )
@@ -54,7 +53,10 @@ def grpc_limits(args: argparse.Namespace, limits: options.Limits) -> tuple[int, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse leaves an attribute the namespace already has alone unless the flag is given:
+    # model_name is None unless --model_name was, so an archive keeps its manifest's name
+    # (and a single checkpoint gets DEFAULT_MODEL_NAME from the repository).
+    args = parser.parse_args(argv, namespace=argparse.Namespace(model_name=None))
     if args.workers > 1:
         parser.error(
             "--workers > 1 is not supported: KServe pickles the model into spawned processes "
