@@ -37,7 +37,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
@@ -182,21 +182,27 @@ def load_archive(
     try:
         return load_checkpoint(checkpoint, device)
     except CheckpointError as error:
-        reason = str(error).removeprefix(f"{checkpoint}: ")
-        name = archive.manifest.serialized_file
-        raise ArchiveError(f"{archive.path}: serialized file {name}: {reason}") from None
+        raise archive_refusal(archive, checkpoint, error) from None
+
+
+def archive_refusal(archive: ModelArchive, checkpoint: Path, error: Exception) -> ArchiveError:
+    """The loader's refusal of the archive's extracted `checkpoint`, named after the archive."""
+    reason = str(error).removeprefix(f"{checkpoint}: ")
+    name = archive.manifest.serialized_file
+    return ArchiveError(f"{archive.path}: serialized file {name}: {reason}")
 
 
 def read_model_store(
-    directory: str | Path, limits: ArchiveLimits = ArchiveLimits()
+    directory: str | Path, read: Callable[[Path], ModelArchive] = read_archive
 ) -> dict[str, list[ModelArchive]]:
     """The archives of a TorchServe model store by model name, each name's versions ascending
-    (the last is the default). Other entries are left alone; hidden ones are skipped."""
+    (the last is the default), each read by `read`. Other entries are left alone; hidden
+    ones are skipped."""
     directory = Path(directory)
     found: dict[str, list[ModelArchive]] = {}
     for path in sorted(directory.iterdir()):
         if not path.name.startswith(".") and is_model_archive(path):
-            archive = read_archive(path, limits)
+            archive = read(path)
             found.setdefault(archive.name, []).append(archive)
     for name, archives in found.items():
         archives.sort(key=lambda archive: _version_key(archive.version))

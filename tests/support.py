@@ -8,8 +8,10 @@ import contextlib
 import copy
 import functools
 import math
+import os
 import pickletools
 import struct
+import subprocess
 import sys
 import types
 import zipfile
@@ -262,3 +264,42 @@ def v2_body(*images: bytes, **extra: Any) -> dict[str, Any]:
         "inputs": [{"name": "image", "shape": [len(data)], "datatype": "BYTES", "data": data}],
         **extra,
     }
+
+
+# The `torch-model-archiver` command: its console script runs this module's entry point.
+ARCHIVER = [sys.executable, "-m", "model_archiver.model_packaging"]
+ARCHIVE_SUFFIXES = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
+
+
+def loud_handler(path: Path, marker: Path) -> Path:
+    """A TorchServe handler file that creates `marker` and fails if it is ever imported."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "raise RuntimeError('this handler must never be imported')\n"
+    )
+    return path
+
+
+def make_archive(
+    serialized: Path | None,
+    handler: Path,
+    store: Path,
+    archive_format: str = "default",
+    name: str = "servemodel",
+    version: str = "1.0",
+    extra: tuple[str, ...] = (),
+) -> Path:
+    """Run the real torch-model-archiver as the TorchServe YOLOv5 tutorial does; return the
+    archive it wrote into `store`."""
+    store.mkdir(parents=True, exist_ok=True)
+    command = [*ARCHIVER, "--model-name", name, "--version", version]
+    command += ["--handler", str(handler), "--export-path", str(store)]
+    command += ["--archive-format", archive_format, *extra]
+    if serialized is not None:
+        command += ["--serialized-file", str(serialized)]
+    scratch = store.parent / "archiver-tmp"  # it stages files in $TMPDIR/<name>
+    scratch.mkdir(exist_ok=True)
+    subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(scratch)})
+    return store / f"{name}{ARCHIVE_SUFFIXES[archive_format]}"

@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import shlex
-import subprocess
-import sys
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -30,11 +28,15 @@ from predictor.mar import (
     read_archive,
     read_model_store,
 )
-from tests.support import random_image, save_responsive_checkpoint
+from tests.support import (
+    ARCHIVE_SUFFIXES,
+    loud_handler,
+    make_archive,
+    random_image,
+    save_responsive_checkpoint,
+)
 
-# The `torch-model-archiver` command: its console script runs this module's entry point.
-ARCHIVER = [sys.executable, "-m", "model_archiver.model_packaging"]
-FORMATS = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
+FORMATS = ARCHIVE_SUFFIXES
 SETTINGS = DetectionSettings(conf_threshold=0.25)
 DEFAULT_LIMITS = ArchiveLimits()
 
@@ -56,14 +58,7 @@ def marker(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def handler(tmp_path: Path, marker: Path) -> Path:
-    path = tmp_path / "src" / "custom_handler.py"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(
-        "import pathlib\n"
-        f"pathlib.Path({str(marker)!r}).write_text('imported')\n"
-        "raise RuntimeError('this handler must never be imported')\n"
-    )
-    return path
+    return loud_handler(tmp_path / "src" / "custom_handler.py", marker)
 
 
 @pytest.fixture
@@ -79,16 +74,7 @@ def archiver(tmp_path: Path, handler: Path) -> Callable[..., Path]:
         extra: tuple[str, ...] = (),
     ) -> Path:
         store = store or tmp_path / "model_store"
-        store.mkdir(exist_ok=True)
-        command = [*ARCHIVER, "--model-name", name, "--version", version]
-        command += ["--handler", str(handler), "--export-path", str(store)]
-        command += ["--archive-format", archive_format, *extra]
-        if serialized is not None:
-            command += ["--serialized-file", str(serialized)]
-        scratch = tmp_path / "archiver-tmp"  # it stages files in $TMPDIR/<name>
-        scratch.mkdir(exist_ok=True)
-        subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(scratch)})
-        return store / f"{name}{FORMATS[archive_format]}"
+        return make_archive(serialized, handler, store, archive_format, name, version, extra)
 
     return run
 

@@ -16,7 +16,7 @@ from ..checkpoint import CheckpointError
 from . import contract, options
 from .observability import configure_json_logging
 
-DEFAULT_MODEL_NAME = "yolov5"
+DEFAULT_MODEL_NAME = options.DEFAULT_MODEL_NAME
 DEFAULT_MODEL_DIR = options.DEFAULT_MODEL_DIR
 
 logger = logging.getLogger("predictor")
@@ -52,7 +52,10 @@ def grpc_limits(args: argparse.Namespace, limits: options.Limits) -> tuple[int, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse leaves an attribute the namespace already has alone unless the flag is given:
+    # model_name is None unless --model_name was, so an archive keeps its manifest's name
+    # (and a single checkpoint gets DEFAULT_MODEL_NAME from the repository).
+    args = parser.parse_args(argv, namespace=argparse.Namespace(model_name=None))
     if args.workers > 1:
         parser.error(
             "--workers > 1 is not supported: KServe pickles the model into spawned processes "
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_keep_alive=args.timeout_keep_alive,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
+        torchserve_api=args.torchserve_api,
     )
     if json_logs:
         configure_json_logging()  # ModelServer() re-applied KServe's text format

@@ -33,6 +33,10 @@ class UnknownModel(ServingError):
     """No such model, or no such version of it."""
 
 
+class UnknownVersion(UnknownModel):
+    """The model exists but has no such version (TorchServe's body tells them apart)."""
+
+
 class Unavailable(ServingError):
     """The model or the server exists but cannot serve now (loading or draining)."""
 

@@ -9,8 +9,9 @@ gRPC ModelInfer, ServerLive/Ready/Metadata. What we replace, and why:
   (`errors.TABLE`, logging by outcome; kserve's log every 400 at ERROR with a traceback:
   kserve/errors.py `invalid_input_handler`), and our `routes.router` in place of kserve's
   routes for the same paths (kserve/protocol/rest/v2_endpoints.py: versions answer 501,
-  no repository index, every load error is 503). The route table is written out in
-  `_RESTServer._register_endpoints`; kserve's `:explain` (no explainer here) is not served.
+  no repository index, every load error is 503), and `torchserve.router` unless
+  --no-torchserve_api. The route table is written out in `_RESTServer._register_endpoints`;
+  kserve's `:explain` (no explainer here) is not served.
 - gRPC: `_GRPCServer` starts kserve's servicer subclassed (`_Servicer`) with our error
   interceptor, message limits from our flags (kserve/protocol/grpc/server.py fixes 8 MiB
   from its module-level args), and Triton's RepositoryIndex, which kserve's proto lacks.
@@ -60,7 +61,7 @@ from kserve.protocol.rest.v2_datamodels import (
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
 from .. import protowire
-from . import contract, errors, observability, routes
+from . import contract, errors, observability, routes, torchserve
 from .errors import InvalidRequest, NotSupported, ServingError, Unavailable, UnknownModel
 from .repository import YoloRepository
 
@@ -112,19 +113,10 @@ def serving_error(error: BaseException) -> BaseException:
     return error
 
 
-def _log_outcome(error: BaseException, status: errors.Status, where: str) -> None:
-    """A client's mistake is its access-log line's reason (INFO); a fault of ours is an
-    ERROR with the traceback."""
-    if status.client_fault:
-        observability.note_reason(errors.client_message(error))
-    else:
-        logger.error("%s failed", where, exc_info=error)
-
-
 async def _error_response(request: Request, error: Exception) -> ORJSONResponse:
     error = serving_error(error)
     status = errors.status_of(error)
-    _log_outcome(error, status, f"{request.method} {request.url.path}")
+    observability.log_outcome(error, status, f"{request.method} {request.url.path}")
     return ORJSONResponse({"error": errors.client_message(error)}, status_code=status.http)
 
 
@@ -159,9 +151,12 @@ class ErrorInterceptor(AsyncExceptionToStatusInterceptor):
 
 
 class _RESTServer(RESTServer):
-    def __init__(self, *args: Any, max_body_bytes: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_body_bytes: int, torchserve_api: bool, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_body_bytes = max_body_bytes
+        self.torchserve_api = torchserve_api
 
     def _add_middlewares(self, app: FastAPI) -> None:
         super()._add_middlewares(app)
@@ -195,6 +190,8 @@ class _RESTServer(RESTServer):
         app.state.repository = self.dataplane.model_registry
         app.include_router(kept)
         app.include_router(routes.router)
+        if self.torchserve_api:  # GET /ping, /predictions/..., GET /models[/...]
+            app.include_router(torchserve.router)
 
     def _add_exception_handlers(self, app: FastAPI) -> None:
         # Any other exception reaches observability.RequestMiddleware: a logged JSON 500.
@@ -328,11 +325,13 @@ class YoloModelServer(ModelServer):
         repository: YoloRepository,
         max_body_bytes: int,
         grpc_limits: tuple[int, int],
+        torchserve_api: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(registered_models=repository, workers=1, **kwargs)
         self.repository = repository
         self.max_body_bytes = max_body_bytes
+        self.torchserve_api = torchserve_api
         self.grpc_limits = grpc_limits  # (receive, send) bytes
         self._our_rest: _RESTServer | None = None
         self._our_grpc: _GRPCServer | None = None
@@ -352,6 +351,7 @@ class YoloModelServer(ModelServer):
             ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile,
             max_body_bytes=self.max_body_bytes,
+            torchserve_api=self.torchserve_api,
         )
         self.servers.append(self._our_rest.start())
         if self.enable_grpc:

@@ -31,7 +31,7 @@ from kserve.protocol.infer_type import (
 from ..checkpoint import CheckpointError
 from ..detector import Detections, DetectionSettings, Detector, PreparedImage
 from . import contract
-from .errors import InvalidRequest, UnknownModel
+from .errors import InvalidRequest, UnknownVersion
 from .observability import (
     BATCH_SIZE,
     IMAGES,
@@ -122,11 +122,21 @@ class LoadedVersion:
         self.scheduler.close()
 
 
+@dataclass(frozen=True)
+class ImagesRequest:
+    """Encoded images with request parameters, for one version (None: the default),
+    answered in V1's shape (TorchServe's inference API)."""
+
+    images: list[bytes]
+    parameters: dict[str, Any]
+    version: str | None = None
+
+
 @dataclass
 class Job:
     """One parsed request: which version, which images, which settings, which answer."""
 
-    request: InferRequest | None  # None for V1
+    request: InferRequest | None  # None: answered in V1's shape
     version: LoadedVersion
     images: list[contract.ImageInput]
     settings: DetectionSettings
@@ -173,11 +183,11 @@ class YoloV5Model(Model):
         self._decode_pool.shutdown(wait=False)
 
     def version(self, version: str | None = None) -> LoadedVersion:
-        """A loaded version by name (None or "" = the default); unknown: UnknownModel."""
+        """A loaded version by name (None or "" = the default); unknown: UnknownVersion."""
         wanted = version or self.default_version
         loaded = self.versions.get(wanted)
         if loaded is None:
-            raise UnknownModel(f"model {self.name!r} has no version {wanted!r}")
+            raise UnknownVersion(f"model {self.name!r} has no version {wanted!r}")
         return loaded
 
     async def __call__(
@@ -217,6 +227,9 @@ class YoloV5Model(Model):
             version = self.version()
             request, params = None, payload.get("parameters")
             images = contract.images_from_v1(payload)
+        elif isinstance(payload, ImagesRequest):
+            version = self.version(payload.version)
+            request, params, images = None, payload.parameters, list(payload.images)
         else:
             raise InvalidRequest(
                 "expected a V2 inference request or a V1 {'instances': [...]} body"

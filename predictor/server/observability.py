@@ -99,6 +99,15 @@ def configure_json_logging(level: str = "INFO") -> None:
     )
 
 
+def log_outcome(error: BaseException, status: errors.Status, where: str) -> None:
+    """A client's mistake is its access-log line's reason (INFO); a fault of ours is an
+    ERROR with the traceback."""
+    if status.client_fault:
+        note_reason(errors.client_message(error))
+    else:
+        logger.error("%s failed", where, exc_info=error)
+
+
 def _route_group(path: str) -> str:
     """A low-cardinality label for a request path."""
     parts = path.strip("/").split("/")
@@ -108,6 +117,8 @@ def _route_group(path: str) -> str:
         return "/v1/models/{name}" + (":" + path.rsplit(":", 1)[-1] if ":" in path else "")
     if path.startswith("/v2/models/"):
         return "/v2/models/{name}"
+    if path.startswith(("/predictions/", "/models/")):  # TorchServe's, by model [and version]
+        return "/" + parts[0] + ("/{name}/{version}" if len(parts) > 2 else "/{name}")
     return path if len(path) < 40 else "other"
 
 
@@ -188,7 +199,7 @@ class RequestMiddleware:
             path = scope.get("path", "")
             code = status["code"]
             HTTP_REQUESTS.labels(_route_group(path), str(code)).inc()
-            quiet = path in ("/metrics", "/v2/health/live") or path.endswith("/ready")
+            quiet = path in ("/metrics", "/v2/health/live", "/ping") or path.endswith("/ready")
             if code >= 400 or not quiet:
                 fields = {
                     "method": scope.get("method"),

@@ -30,6 +30,7 @@ _OPTION_KEYS = {"img_size", "letterbox"}
 _SETTING_KEYS = {"conf_threshold", "iou_threshold", "max_det"}
 MIN_IMG_SIZE = 32
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
+DEFAULT_MODEL_NAME = "yolov5"  # a single checkpoint's name when --model_name is not given
 LETTERBOX_MODES: tuple[str, ...] = get_args(LetterboxMode)
 
 
@@ -142,7 +143,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a checkpoint file; a directory holding one (KServe's storage initializer puts "
         "storageUri content in /mnt/models); or a repository: one subdirectory per model, "
         "<name>/<checkpoint> or <name>/<version>/<checkpoint>, each with an optional "
-        "config.yaml (img_size, letterbox, conf_threshold, iou_threshold, max_det, names)",
+        "config.yaml (img_size, letterbox, conf_threshold, iou_threshold, max_det, names). "
+        "TorchServe archives (.mar, .tar.gz/.tgz, no-archive directories) are models too, "
+        "alone or in the directory: each is served under its manifest's model name and "
+        f"version. --model_name names a single checkpoint (default {DEFAULT_MODEL_NAME}) "
+        "and renames the model of a --model_dir that holds a single archive",
     )
     group.add_argument("--img_size", type=int, default=640, help="network input size in pixels")
     group.add_argument(
@@ -173,11 +178,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_limit_arguments(parser)
     _add_performance_arguments(parser)
+    _add_torchserve_arguments(parser)
     parser.add_argument(
         "--log_format",
         choices=("json", "text"),
         default="json",
         help="json: one JSON object per line with the request id; text: KServe's format",
+    )
+
+
+def _add_torchserve_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TorchServe compatibility (docs/torchserve.md)")
+    group.add_argument(
+        "--torchserve_api",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve TorchServe's inference API (GET /ping, POST/PUT /predictions/MODEL[/VERSION]) "
+        "and its read-only GET /models[/MODEL[/VERSION]] on the HTTP port, beside V2 and V1",
     )
 
 
@@ -229,7 +246,8 @@ def _add_performance_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache_dir",
         default=str(resolve_cache_dir(None) or ""),
         help="where ONNX exports are cached by checkpoint hash ('' or a read-only "
-        "directory: export in memory at every start)",
+        "directory: export in memory at every start), and where a TorchServe archive's "
+        "serialized file is extracted ('': a temporary directory removed at exit)",
     )
     group.add_argument(
         "--streams",

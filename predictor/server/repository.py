@@ -9,6 +9,14 @@ Layouts:
 
 A `config.yaml` beside a checkpoint (or in `<name>/`, for all its versions) overrides that
 model's settings: img_size, letterbox, conf_threshold, iou_threshold, max_det, names.
+
+TorchServe model archives (`predictor.mar`) are models too: `--model_dir` may be one
+archive (a `.mar`, `.tar.gz`/`.tgz`, or a no-archive directory holding MAR-INF/MANIFEST.json)
+or a model store, a directory holding archives (beside model directories of the layouts
+above). Each is served under its manifest's model name and version (DEFAULT_VERSION when it
+has none); an explicit --model_name renames the model when `--model_dir` holds just one
+(as a KServe runtime's `--model_name={{.Name}}` expects). Only the serialized file leaves
+an archive, extracted into the cache directory when the model is loaded.
 """
 
 from __future__ import annotations
@@ -16,20 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import logging
-from dataclasses import dataclass
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from kserve.model_repository import ModelRepository
 
-from ..backends import BackendError
+from .. import mar
+from ..backends import BackendError, resolve_cache_dir
 from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
 from ..cuda_diagnosis import DeviceError
 from .errors import UnknownModel, UnservableModel
 from .model import LoadedVersion, ModelVersion, YoloV5Model
-from .options import ServingOptions, with_config_file
+from .options import DEFAULT_MODEL_NAME, ServingOptions, with_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,25 +56,99 @@ DEFAULT_VERSION = "1"
 class ModelEntry:
     name: str
     versions: list[ModelVersion]  # ascending; the last is the default
+    # version -> the archive it comes from; such a version's `checkpoint` is the archive
+    # until `YoloRepository.load_entry` extracts the serialized file
+    archives: dict[str, mar.ModelArchive] = field(default_factory=dict)
 
 
-def discover(model_dir: str | Path, default_name: str, base: ServingOptions) -> list[ModelEntry]:
-    """Every model under `model_dir`; a single checkpoint is served as `default_name`."""
+@dataclass(frozen=True)
+class LoadedEntry:
+    """A loaded model's origin, for TorchServe's describe."""
+
+    entry: ModelEntry
+    loaded_at: float  # time.time()
+    at_startup: bool
+
+
+def discover(
+    model_dir: str | Path,
+    model_name: str | None,
+    base: ServingOptions,
+    read: Callable[[Path], mar.ModelArchive] = mar.read_archive,
+) -> list[ModelEntry]:
+    """Every model under `model_dir`. `model_name` (None: not given) names a single
+    checkpoint (default DEFAULT_MODEL_NAME) or renames a single archive's model."""
     root = Path(model_dir)
+    if mar.is_model_archive(root):
+        archive = read(root)
+        return [archive_entry(model_name or archive.name, [archive], base)]
     if root.is_file():
-        return [ModelEntry(default_name, [ModelVersion(DEFAULT_VERSION, root, base)])]
+        name = model_name or DEFAULT_MODEL_NAME
+        return [ModelEntry(name, [ModelVersion(DEFAULT_VERSION, root, base)])]
     if not root.is_dir():
         raise CheckpointError(f"--model_dir {root}: no such directory")
-    if _holds_one_model(root):
+    store = store_entries(root, model_name, base, read)
+    if _checkpoints(root):
+        if store:
+            raise CheckpointError(
+                f"--model_dir {root} holds checkpoint files and model archives "
+                f"({', '.join(sorted(store))}); move the checkpoints into a subdirectory "
+                "per model"
+            )
         options = with_config_file(root, base)
-        return [ModelEntry(default_name, [_version(root, DEFAULT_VERSION, options)])]
-    entries = [model_entry(root, name, base) for name in _model_directories(root)]
+        name = model_name or DEFAULT_MODEL_NAME
+        return [ModelEntry(name, [_version(root, DEFAULT_VERSION, options)])]
+    entries = [*store.values(), *(model_entry(root, n, base) for n in _model_directories(root))]
     if not entries:
         raise CheckpointError(
-            f"--model_dir {root}: found no checkpoint files; put one "
-            f"{'/'.join(CHECKPOINT_SUFFIXES)} file there, or one subdirectory per model"
+            f"--model_dir {root}: found no checkpoint files and no model archives; put one "
+            f"{'/'.join(CHECKPOINT_SUFFIXES)} file there, one subdirectory per model, or "
+            f"TorchServe archives ({'/'.join(mar.ARCHIVE_SUFFIXES)})"
         )
+    _refuse_twice_named(root, entries)
     return entries
+
+
+def store_entries(
+    root: Path,
+    model_name: str | None,
+    base: ServingOptions,
+    read: Callable[[Path], mar.ModelArchive] = mar.read_archive,
+) -> dict[str, ModelEntry]:
+    """The models of the archives directly in `root`, by name; `model_name` renames the
+    model when the directory serves nothing else."""
+    store = mar.read_model_store(root, read)
+    if model_name and len(store) == 1 and not _model_directories(root):
+        [archives] = store.values()
+        return {model_name: archive_entry(model_name, archives, base)}
+    return {name: archive_entry(name, archives, base) for name, archives in store.items()}
+
+
+def archive_entry(name: str, archives: list[mar.ModelArchive], base: ServingOptions) -> ModelEntry:
+    """A model made of archives (one per version, ascending); archives use the command
+    line's settings."""
+    by_version: dict[str, mar.ModelArchive] = {}
+    for archive in archives:
+        version = archive.version or DEFAULT_VERSION
+        if version in by_version:
+            raise mar.ArchiveError(
+                f"{by_version[version].path.name} and {archive.path.name} are both model "
+                f"{name!r} version {version}"
+            )
+        by_version[version] = archive
+    versions = [ModelVersion(v, archive.path, base) for v, archive in by_version.items()]
+    return ModelEntry(name, versions, by_version)
+
+
+def _refuse_twice_named(root: Path, entries: list[ModelEntry]) -> None:
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name in seen:
+            raise CheckpointError(
+                f"--model_dir {root}: model {entry.name!r} is both a model directory and an "
+                "archive's model name; rename one"
+            )
+        seen.add(entry.name)
 
 
 def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
@@ -70,7 +157,7 @@ def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
         # only plain directory names inside the repository
         raise UnknownModel(f"model {name!r} is not in the repository")
     directory = root / name
-    if not directory.is_dir():
+    if not directory.is_dir() or mar.is_model_archive(directory):
         raise UnknownModel(f"model {name!r} is not in the repository")
     options = with_config_file(directory, base)
     if _checkpoints(directory):
@@ -91,13 +178,13 @@ def model_entry(root: Path, name: str, base: ServingOptions) -> ModelEntry:
 
 
 def _model_directories(root: Path) -> list[str]:
-    """The names of a repository's models: its subdirectories, hidden ones aside."""
-    return sorted(c.name for c in root.iterdir() if c.is_dir() and not c.name.startswith("."))
-
-
-def _holds_one_model(root: Path) -> bool:
-    """A checkpoint file, or a directory with a checkpoint of its own (not a repository)."""
-    return root.is_file() or bool(_checkpoints(root))
+    """The names of a repository's models in this server's layout: its subdirectories,
+    hidden ones and no-archive TorchServe directories aside."""
+    return sorted(
+        child.name
+        for child in root.iterdir()
+        if child.is_dir() and not child.name.startswith(".") and not mar.is_model_archive(child)
+    )
 
 
 def _checkpoints(directory: Path) -> list[Path]:
@@ -120,28 +207,43 @@ class YoloRepository(ModelRepository):
     reads a model from disk and warms it before it is registered; unload frees it."""
 
     def __init__(
-        self, model_dir: str | Path, default_name: str, base: ServingOptions, max_loaded: int
+        self,
+        model_dir: str | Path,
+        model_name: str | None,
+        base: ServingOptions,
+        max_loaded: int,
     ) -> None:
         super().__init__(str(model_dir))
         self.root = Path(model_dir)
-        self.default_name = default_name
+        self.model_name = model_name  # None: not given on the command line
         self.base = base
         self.max_loaded = max_loaded
+        self.loaded: dict[str, LoadedEntry] = {}
         self._lock = asyncio.Lock()
+        self._archive_reads: dict[Path, tuple[tuple[int, int], mar.ModelArchive]] = {}
+        self._extraction_dir: Path | None = None
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
 
     def entries(self) -> list[ModelEntry]:
-        return discover(self.root, self.default_name, self.base)
+        return discover(self.root, self.model_name, self.base, self._read_archive)
 
     def entry(self, name: str) -> ModelEntry:
-        if _holds_one_model(self.root):
-            if name != self.default_name:
+        if self._holds_one_model():
+            [entry] = self.entries()
+            if name != entry.name:
                 raise UnknownModel(f"model {name!r} is not in the repository")
-            return self.entries()[0]
-        return model_entry(self.root, name, self.base)
+            return entry
+        if name in _model_directories(self.root):  # found without reading the archives
+            return model_entry(self.root, name, self.base)
+        archived = store_entries(self.root, self.model_name, self.base, self._read_archive)
+        if name in archived:
+            return archived[name]
+        raise UnknownModel(f"model {name!r} is not in the repository")
 
     def resolve(self, name: str, version: str | None = None) -> tuple[YoloV5Model, LoadedVersion]:
         """The model `name` and its `version` (None or "": the default), as every route and
-        gRPC method that names a model finds them; UnknownModel if either is not loaded."""
+        gRPC method that names a model finds them; UnknownModel (UnknownVersion) if either
+        is not loaded."""
         model = self.get_model(name)
         if not isinstance(model, YoloV5Model):
             raise UnknownModel(f"model {name!r} is not loaded")
@@ -149,9 +251,17 @@ class YoloRepository(ModelRepository):
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """The V2 repository index: each loaded version READY, each model that `load` would
-        find on disk and is not loaded UNAVAILABLE."""
+        find on disk and is not loaded UNAVAILABLE (and an unreadable archive as a nameless
+        UNAVAILABLE row with the reason)."""
         rows = []
-        for name in sorted(set(self._names_on_disk()) | set(self.models)):
+        try:
+            on_disk = self._names_on_disk()
+        except CheckpointError as error:  # an unreadable archive is said, not fatal
+            on_disk = [] if self._holds_one_model() else _model_directories(self.root)
+            if not ready_only:
+                reason = str(error)
+                rows.append({"name": "", "version": "", "state": "UNAVAILABLE", "reason": reason})
+        for name in sorted(set(on_disk) | set(self.models)):
             model = self.models.get(name)
             if isinstance(model, YoloV5Model) and model.ready:
                 rows += [
@@ -162,24 +272,71 @@ class YoloRepository(ModelRepository):
                 rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": ""})
         return rows
 
-    def _names_on_disk(self) -> list[str]:
-        if not self.root.is_dir():
-            return [self.default_name] if self.root.is_file() else []
-        if _holds_one_model(self.root):
-            return [self.default_name]
-        return _model_directories(self.root)
+    def _holds_one_model(self) -> bool:
+        """A checkpoint, an archive, or a directory with a checkpoint of its own."""
+        root = self.root
+        return root.is_file() or mar.is_model_archive(root) or bool(_checkpoints(root))
 
-    def load_entry(self, entry: ModelEntry) -> YoloV5Model:
+    def _names_on_disk(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        if self._holds_one_model():
+            return [entry.name for entry in self.entries()]
+        archived = store_entries(self.root, self.model_name, self.base, self._read_archive)
+        return [*archived, *_model_directories(self.root)]
+
+    def _read_archive(self, path: Path) -> mar.ModelArchive:
+        """`mar.read_archive`, remembered while the file keeps its size and time: listing
+        the repository would otherwise decompress every tgz archive each time."""
+        if path.is_dir():
+            return mar.read_archive(path)
+        stat = path.stat()
+        key = (stat.st_size, stat.st_mtime_ns)
+        cached = self._archive_reads.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        archive = mar.read_archive(path)
+        self._archive_reads[path] = (key, archive)
+        return archive
+
+    def _extract(self, archive: mar.ModelArchive) -> Path:
+        if self._extraction_dir is None:
+            cache = resolve_cache_dir(self.base.performance.cache_dir)
+            if cache is None:  # --cache_dir "": a directory of our own, removed at exit
+                self._temporary = tempfile.TemporaryDirectory(prefix="yolov5-kserve-archives-")
+                cache = Path(self._temporary.name)
+                logger.info(
+                    "--cache_dir is empty: archives are extracted into %s, removed at exit",
+                    cache,
+                )
+            self._extraction_dir = cache
+        return mar.extract_checkpoint(archive, self._extraction_dir)
+
+    def load_entry(self, entry: ModelEntry, at_startup: bool = True) -> YoloV5Model:
         """Build, load and warm a model, then register it (replacing an older one)."""
         if entry.name not in self.models and len(self.models) >= self.max_loaded:
             raise CheckpointError(
                 f"cannot load {entry.name!r}: {len(self.models)} models are loaded, "
                 f"--max_loaded_models={self.max_loaded}; unload one first"
             )
-        model = YoloV5Model(entry.name, entry.versions)
-        model.load()
+        checkpoints = {v: self._extract(archive) for v, archive in entry.archives.items()}
+        model = YoloV5Model(
+            entry.name,
+            [
+                dataclasses.replace(spec, checkpoint=checkpoints.get(spec.version, spec.checkpoint))
+                for spec in entry.versions
+            ],
+        )
+        try:
+            model.load()
+        except CheckpointError as error:
+            for version, checkpoint in checkpoints.items():
+                if str(error).startswith(f"{checkpoint}: "):
+                    raise mar.archive_refusal(entry.archives[version], checkpoint, error) from None
+            raise
         previous = self.models.get(entry.name)
         self.update(model)
+        self.loaded[entry.name] = LoadedEntry(entry, time.time(), at_startup)
         if previous is not None:
             previous.stop()
             _release_memory()
@@ -187,11 +344,12 @@ class YoloRepository(ModelRepository):
 
     async def load(self, name: str) -> bool:
         """The repository extension's load: UnknownModel, or UnservableModel with the reason
-        (a bad checkpoint or config.yaml, one model too many); the others keep serving."""
+        (a bad checkpoint, archive or config.yaml, one model too many); the others keep
+        serving."""
         async with self._lock:
             try:
                 entry = await asyncio.to_thread(self.entry, name)
-                await asyncio.to_thread(self.load_entry, entry)
+                await asyncio.to_thread(self.load_entry, entry, False)
             except MODEL_LOAD_ERRORS as error:
                 raise UnservableModel(f"cannot load model {name!r}: {error}") from None
         return True
@@ -200,6 +358,7 @@ class YoloRepository(ModelRepository):
         if name not in self.models:
             raise UnknownModel(f"model {name!r} is not loaded")
         super().unload(name)
+        self.loaded.pop(name, None)
         _release_memory()
         logger.info("unloaded %s", name)
 

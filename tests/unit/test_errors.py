@@ -15,6 +15,7 @@ from predictor.server import errors
         (errors.LimitExceeded("x"), 413, grpc.StatusCode.INVALID_ARGUMENT),
         (errors.UnservableModel("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
         (errors.UnknownModel("x"), 404, grpc.StatusCode.NOT_FOUND),
+        (errors.UnknownVersion("x"), 404, grpc.StatusCode.NOT_FOUND),
         (errors.Unavailable("x"), 503, grpc.StatusCode.UNAVAILABLE),
         (errors.NotSupported("x"), 501, grpc.StatusCode.UNIMPLEMENTED),
         (ValueError("a bug"), 500, grpc.StatusCode.INTERNAL),
