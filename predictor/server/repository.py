@@ -28,6 +28,7 @@ from ..backends import BackendError
 from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
 from .errors import UnknownModel, UnservableModel
 from .model import LoadedVersion, ModelVersion, YoloV5Model
+from .observability import DESCRIPTIONS, forget_model
 from .options import ServingOptions, with_config_file
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,10 @@ class YoloRepository(ModelRepository):
         self.update(model)
         if previous is not None:
             previous.stop()
+            # the new versions' descriptions replace the old ones (equal labels included)
+            forget_model(entry.name, DESCRIPTIONS)
+            for version in model.versions.values():
+                version.describe()
             _release_memory()
         return model
 
@@ -196,6 +201,7 @@ class YoloRepository(ModelRepository):
         if name not in self.models:
             raise UnknownModel(f"model {name!r} is not loaded")
         super().unload(name)
+        forget_model(name)
         _release_memory()
         logger.info("unloaded %s", name)
 
