@@ -45,7 +45,9 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory, calibration: Path) -> Path:
     root = tmp_path_factory.mktemp("int8-repo") / "models"
-    model_directory(root / "shapes", f"precision: int8\nimg_size: {SIZE}\n", calibration)
+    # 3 held-back images make a coarse agreement (0.95 here): the bar is lowered to 0.9
+    config = f"precision: int8\nimg_size: {SIZE}\nint8_min_agreement: 0.9\n"
+    model_directory(root / "shapes", config, calibration)
     return root
 
 
@@ -72,7 +74,8 @@ def test_int8_model_answers_v2_and_reports_its_self_check(server: Server) -> Non
     assert parameters["backend"] == "onnxruntime"
     assert parameters["precision"] == "int8"
     assert parameters["backend_reason"].startswith("--precision int8: agreement with fp32")
-    assert 0.95 <= parameters["int8_agreement"] <= 1.0
+    assert 0.9 <= parameters["int8_agreement"] <= 1.0
+    assert ">= 0.9 " in parameters["backend_reason"]  # config.yaml's int8_min_agreement
     assert {"int8_precision", "int8_recall", "int8_score_shift"} <= parameters.keys()
 
     text = metrics(server)

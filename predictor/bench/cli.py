@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve or args.grpc or args.url:
         first, *others = precisions
         with endpoint(args, checkpoint, first) as target:
-            served(args, target, first)
+            report.machine["served_by"] = served(args, target, first)
             report.levels = run_levels(args, protocols, concurrency, payloads, target)
             if not args.no_check and checkpoint is not None:
                 report.check = check_detections(
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         for precision in others:
             with endpoint(args, checkpoint, precision) as target:
-                served(args, target, precision)
+                report.machine[f"served_by_{precision}"] = served(args, target, precision)
                 levels = run_levels(args, protocols, concurrency, payloads, target)
                 report.other_precisions[str(precision)] = levels
         if others:
@@ -345,9 +345,11 @@ def endpoint(
         yield Endpoint(server.grpc, server.http, server.paused)
 
 
-def served(args: argparse.Namespace, target: Endpoint, precision: str | None) -> None:
+def served(args: argparse.Namespace, target: Endpoint, precision: str | None) -> str:
+    """Which backend serves (printed), from the server's metadata."""
     what = served_backend(args.model_name, target.http)
     print(f"served by: {what}" + (f" (--precision {precision})" if precision else ""))
+    return what
 
 
 def served_backend(model_name: str, http_target: str | None) -> str:
