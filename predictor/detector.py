@@ -115,8 +115,10 @@ def resolve_device(name: str) -> torch.device:
 class Detector:
     """`backend`: "torch" (the reference, default), "onnxruntime" or "auto" (see
     `predictor.backends`); exports are cached in `cache_dir` (None: the default directory)
-    and judged by their detections at `settings` (the server's defaults). Which backend
-    serves, and why: `detector.backend.name`, `detector.backend.reason`."""
+    and judged by their detections at `settings` (the server's defaults). `precision`:
+    auto, fp32, fp16 or int8 (int8: calibrated on `calibration_dir`, refused below
+    `int8_min_agreement`; see `predictor.backends`). Which backend serves, and why:
+    `detector.backend.name`, `.reason`, `.precision`."""
 
     def __init__(
         self,
@@ -126,6 +128,10 @@ class Detector:
         backend: str | Backend = "torch",
         cache_dir: str | Path | None = None,
         settings: DetectionSettings | None = None,
+        *,
+        precision: str = "auto",
+        calibration_dir: str | Path | None = None,
+        int8_min_agreement: float | None = None,
     ) -> None:
         self.model = model
         self.names = model.names
@@ -148,6 +154,9 @@ class Detector:
                 thresholds=Thresholds(
                     settings.conf_threshold, settings.iou_threshold, settings.max_det
                 ),
+                precision=precision,
+                calibration_dir=calibration_dir,
+                int8_min_agreement=int8_min_agreement,
             )
         self.backend = backend
         self.device = backend.device
@@ -164,9 +173,23 @@ class Detector:
         backend: str = "torch",
         cache_dir: str | Path | None = None,
         settings: DetectionSettings | None = None,
+        *,
+        precision: str = "auto",
+        calibration_dir: str | Path | None = None,
+        int8_min_agreement: float | None = None,
     ) -> Detector:
         model = load_checkpoint(path, resolve_device(device))
-        return cls(model, img_size, letterbox, backend, cache_dir, settings)
+        return cls(
+            model,
+            img_size,
+            letterbox,
+            backend,
+            cache_dir,
+            settings,
+            precision=precision,
+            calibration_dir=calibration_dir,
+            int8_min_agreement=int8_min_agreement,
+        )
 
     @property
     def engine(self) -> Engine:

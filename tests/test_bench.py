@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -232,6 +233,21 @@ def test_overload_target_needs_no_in_process_run() -> None:
     report.levels = [_level("rest", 8, 20.0, 400.0), _level("rest", 64, 19.5, 3200.0)]
     [entry] = cli.targets(report)
     assert entry["name"] == "rest: images/s @64 / @8 clients" and entry["met"] is True
+
+
+def test_precisions_side_by_side_print_their_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    report = cli.Report()
+    report.levels = [_level("grpc", 1, 20.0, 50.0), _level("grpc", 8, 24.0, 300.0)]
+    report.other_precisions["int8"] = [
+        _level("grpc", 1, 30.0, 30.0),
+        _level("grpc", 8, 48.0, 150.0),
+    ]
+    cli._print_precision_ratios("fp32", report)
+    printed = capsys.readouterr().out
+    assert "int8 / fp32:" in printed
+    assert re.search(r"grpc\s+1\s+1\.50x\s+0\.60x", printed)
+    assert re.search(r"grpc\s+8\s+2\.00x\s+0\.50x", printed)
+    assert report.to_json()["other_precisions"]["int8"][1]["images_per_s"] == 48.0
 
 
 @pytest.mark.parametrize(("detections", "met"), [(12, True), (0, None)])

@@ -280,7 +280,8 @@ def test_prometheus_metrics(server: Server) -> None:
         "yolov5_batch_size_bucket",
         'yolov5_inflight_images{model="yolov5"} 0.0',
         'yolov5_images_total{model="yolov5"}',
-        'yolov5_model_info{classes="a,b",device="cpu"',
+        'yolov5_model_info{backend="',
+        'classes="a,b",device="cpu"',
         'yolov5_http_requests_total{path="/v2/models/{name}/infer",status="413"}',
     ):
         assert needle in text, needle

@@ -81,12 +81,16 @@ def test_int8_map_is_close_to_fp32(built: tuple[Detector, Detector, Path], works
     assert int8_map >= fp32_map - 0.03, (fp32_map, int8_map)
 
 
-def test_whole_graph_int8_breaks_the_detect_layer(workspace: Path):
-    """Why the Detect layer stays in float: quantised, nothing is detected any more."""
+def test_whole_graph_int8_breaks_the_detect_layer(
+    built: tuple[Detector, Detector, Path], workspace: Path
+):
+    """Why the Detect layer stays in float: quantised with the rest, its detections
+    disagree with fp32's below the serving threshold (0.82 here, against the recipe's 1.0)."""
+    _, recipe, _ = built
     model = load_checkpoint(workspace / "model" / DEMO.name, "cpu")
     calibration = find_calibration_set(model.source)
     int8 = obtain_int8(model, SHAPE, calibration, workspace / "cache", Recipe(keep_float=()))
-    assert int8.agreement < 0.5
+    assert int8.agreement < 0.95 <= recipe.backend.int8_report["self_check"]["agreement"]
 
 
 def test_the_second_build_is_a_cache_hit(built: tuple[Detector, Detector, Path], workspace: Path):
@@ -125,7 +129,7 @@ def test_no_calibration_images_refuses_and_says_what_to_provide(tmp_path: Path):
 def test_agreement_below_the_threshold_refuses(built: tuple[Detector, Detector, Path], workspace):
     _, _, cache = built
     model = load_checkpoint(workspace / "model" / DEMO.name, "cpu")
-    with pytest.raises(Int8Refused, match=r"agreement with fp32 1\.0+ is below .* 1\.01"):
+    with pytest.raises(Int8Refused, match=r"agreement with fp32 [01]\.\d{4} is below .* 1\.01"):
         create_int8_backend(model, SHAPE, cache_dir=cache, min_agreement=1.01)
 
 

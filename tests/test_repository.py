@@ -74,8 +74,12 @@ def outputs(response: httpx.Response) -> dict[str, list]:
 
 def test_per_model_config_applies(server: Server) -> None:
     text = httpx.get(f"{server.http_url}/metrics").text
-    assert re.search(r'yolov5_model_info\{classes="cat,dog",[^}]*input_shape="160x160"', text)
-    assert re.search(r'yolov5_model_info\{classes="o,x,v",[^}]*input_shape="128x128"', text)
+    assert re.search(
+        r'yolov5_model_info\{backend="\w+",classes="cat,dog",[^}]*input_shape="160x160"', text
+    )
+    assert re.search(
+        r'yolov5_model_info\{backend="\w+",classes="o,x,v",[^}]*input_shape="128x128"', text
+    )
     legacy = outputs(infer(server, "legacy"))
     count = legacy["num_detections"][0]
     assert count > 0 and min(legacy["scores"][:count]) > 0.3  # its config's conf_threshold
@@ -171,8 +175,8 @@ def test_per_model_metrics(server: Server) -> None:
     text = httpx.get(f"{server.http_url}/metrics").text
     for model in ("shapes", "legacy"):
         assert f'yolov5_images_total{{model="{model}"}}' in text
-    assert 'yolov5_model_info{classes="cat,dog"' in text
-    assert 'model="traffic",precision="float32",version="1"' in text
+    assert re.search(r'yolov5_model_info\{backend="\w+",classes="cat,dog"', text)
+    assert 'model="traffic",precision="fp32",version="1"' in text
 
 
 # -- load and unload at run time -------------------------------------------------------

@@ -9,7 +9,11 @@ raw = engine(batch)                    # N x 3 x H x W float32 -> (N, anchors, 5
 Whatever is chosen other than torch is judged against PyTorch at load by its detections
 (`verify`); `auto` falls back to torch with a WARNING naming the first differing detection
 when the export fails or its detections differ, an explicit `onnxruntime` refuses to start.
-Every backend returned carries `name` and `reason` (why it serves).
+Every backend returned carries `name`, `reason` (why it serves) and `precision`.
+
+`precision` (PRECISIONS): auto = fp32 on the CPU, fp16 on CUDA; fp16 runs on CUDA only;
+int8 runs on the CPU with ONNX Runtime only (`int8`: quantised, calibrated and checked
+against fp32) and is refused, never replaced, where it cannot serve.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from .verify import DEFAULT_THRESHOLDS, Thresholds, Verdict, judge, probes
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 __all__ = [
     "BACKENDS",
+    "PRECISIONS",
     "Backend",
     "BackendError",
     "Engine",
@@ -63,12 +69,27 @@ def create_backend(
     rect: bool = False,
     cache_dir: str | Path | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    precision: str = "auto",
+    calibration_dir: str | Path | None = None,
+    int8_min_agreement: float | None = None,
 ) -> Backend:
-    """The backend `kind` (see BACKENDS) for `model`, judged against PyTorch by its
-    detections at `thresholds` (the server's). The result's `reason` says why it serves."""
+    """The backend `kind` (see BACKENDS) for `model` at `precision` (see PRECISIONS),
+    judged against PyTorch by its detections at `thresholds` (the server's). The result's
+    `reason` says why it serves. int8: see `_int8`."""
     if kind not in BACKENDS:
         raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
-    reference = TorchBackend(model.network, _device_of(model))
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    device = _device_of(model)
+    if precision == "int8":
+        return _int8(model, kind, input_shape, rect, cache_dir, calibration_dir, int8_min_agreement)
+    if precision == "fp16" and device.type != "cuda":
+        raise BackendError(
+            f"--precision fp16 runs on CUDA only; the model is on {device} "
+            "(use --precision fp32 or int8 on the CPU)"
+        )
+    half = None if precision == "auto" else precision == "fp16"
+    reference = TorchBackend(model.network, device, half=half)
     if kind == "torch":
         reference.reason = "--backend torch"
         return reference
@@ -90,6 +111,56 @@ def create_backend(
         reference.reason = f"onnxruntime rejected: {error}"
         logger.warning("onnxruntime rejected for this model (%s); using PyTorch", error)
         return reference
+    logger.info("backend: %s; %s", backend.description, backend.reason)
+    return backend
+
+
+def _int8(
+    model: LoadedModel,
+    kind: str,
+    input_shape: tuple[int, int],
+    rect: bool,
+    cache_dir: str | Path | None,
+    calibration_dir: str | Path | None,
+    min_agreement: float | None,
+) -> Backend:
+    """The INT8 ONNX Runtime backend, or BackendError saying what to change."""
+    from ..calibration import CalibrationError
+    from .int8 import DEFAULT_MIN_AGREEMENT, create_int8_backend
+
+    device = _device_of(model)
+    if device.type != "cpu":
+        raise BackendError(
+            f"--precision int8 runs on the CPU only; the model is on {device} "
+            "(use --device cpu, or --precision fp16 on a GPU)"
+        )
+    if kind == "torch":
+        raise BackendError(
+            "--precision int8 runs on ONNX Runtime; --backend torch cannot serve it "
+            "(use --backend auto or onnxruntime, or --precision fp32)"
+        )
+    if rect:
+        raise BackendError(
+            "--precision int8 needs --letterbox square: the INT8 model has one input shape"
+        )
+    min_agreement = DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement
+    try:
+        backend = create_int8_backend(
+            model,
+            input_shape,
+            calibration_dir=calibration_dir,
+            cache_dir=resolve_cache_dir(cache_dir),
+            min_agreement=min_agreement,
+        )
+    except CalibrationError as error:  # a ValueError, not a BackendError
+        raise BackendError(str(error)) from error
+    check = backend.int8_report["self_check"]
+    backend.precision = "int8"
+    backend.reason = (
+        f"--precision int8: agreement with fp32 {check['agreement']:.4f} "
+        f">= {min_agreement} (precision {check['precision']:.4f}, recall "
+        f"{check['recall']:.4f}, mean score shift {check['mean_score_shift']:+.4f})"
+    )
     logger.info("backend: %s; %s", backend.description, backend.reason)
     return backend
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ class Backend(ABC):
     device: torch.device
     description: str = ""  # for logs: where the model came from (cache hit, export, ...)
     reason: str = ""  # why this backend serves: the verdict against PyTorch, or the rule
+    precision: str = "fp32"  # what the network computes in: fp32, fp16 or int8
+    int8_report: dict[str, Any] | None = None  # int8: its key and self-check (backends.int8)
 
     @abstractmethod
     def engine(self, threads: int | None = None, *, spin: bool = True) -> Engine:

@@ -57,7 +57,7 @@ from .onnxruntime_backend import (
 
 logger = logging.getLogger(__name__)
 
-QUANTIZER_VERSION = 1  # bump when the recipe's meaning changes: old cache entries die
+QUANTIZER_VERSION = 2  # bump when the recipe's meaning changes: old cache entries die
 CACHE_SUBDIR = "int8"
 DEFAULT_MIN_AGREEMENT = 0.95
 SELF_CHECK_SETTINGS = DetectionSettings()  # the server's defaults: conf 0.25, IoU 0.45
@@ -233,8 +233,12 @@ def quantize(fp32: OnnxModel, detector: Detector, images: Sequence[Path], recipe
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
                 calibrate_method=getattr(CalibrationMethod, _METHODS[recipe.method]),
-                # calibration keeps every intermediate tensor of every image otherwise
-                extra_options={"CalibMaxIntermediateOutputs": 4},
+                # No CalibMaxIntermediateOutputs: onnxruntime 1.31's MinMaxCalibrater drops
+                # each full chunk without computing its ranges (collect_data calls
+                # clear_collected_data, not compute_data), so only the last partial chunk
+                # calibrated, and a multiple of the chunk size failed ("No data is
+                # collected"). Its augmented model keeps per-tensor minima and maxima, not
+                # the tensors, so collecting every image costs little memory.
             )
         except CalibrationError:
             raise

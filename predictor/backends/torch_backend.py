@@ -28,10 +28,15 @@ def set_thread_count(threads: int | None) -> None:
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
-        self.network = network
+    def __init__(
+        self, network: torch.nn.Module, device: torch.device, *, half: bool | None = None
+    ) -> None:
+        """`half`: run in fp16 (None: on CUDA, where the checkpoint is loaded in fp16)."""
+        half = device.type == "cuda" if half is None else half
+        self.network = network.half() if half else network.float()
         self.device = device
-        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self.dtype = torch.float16 if half else torch.float32
+        self.precision = "fp16" if half else "fp32"
         self.description = f"PyTorch on {device} ({str(self.dtype).removeprefix('torch.')})"
 
     def engine(self, threads: int | None = None, *, spin: bool = True) -> TorchEngine:

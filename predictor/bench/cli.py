@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="extra flags for the --serve server, e.g. '--backend torch --streams 1'",
     )
+    target.add_argument(
+        "--precision",
+        default="",
+        help="comma-separated --precision values for --serve, e.g. fp32,int8: one server "
+        "after the other on the same load, then each one's images/s and p50 as a ratio to "
+        "the first's (int8 needs calibration images: '--server_args \"--calibration_dir "
+        "DIR\"' or calibration/ beside the checkpoint); the detection check and the "
+        "interleaved latency use the first (default: the server's own)",
+    )
 
     traffic = parser.add_argument_group("load")
     traffic.add_argument(
@@ -153,7 +162,8 @@ class Report:
     machine: dict[str, object] = field(default_factory=dict)
     in_process: list[pipeline.PipelineResult] = field(default_factory=list)
     forward: dict[str, dict[int, float]] = field(default_factory=dict)
-    levels: list[load.LevelResult] = field(default_factory=list)
+    levels: list[load.LevelResult] = field(default_factory=list)  # the first precision's
+    other_precisions: dict[str, list[load.LevelResult]] = field(default_factory=dict)
     interleaved_ms: dict[str, list[float]] = field(default_factory=dict)  # side: latencies
     check: dict[str, object] | None = None
     targets: list[dict[str, object]] = field(default_factory=list)
@@ -167,6 +177,10 @@ class Report:
             "in_process": [r.summary() for r in self.in_process],
             "forward_images_per_s": self.forward,
             "levels": [level.summary() for level in self.levels],
+            "other_precisions": {
+                precision: [level.summary() for level in levels]
+                for precision, levels in self.other_precisions.items()
+            },
             "interleaved_p50_ms": {
                 side: round(p50, 1) for side, p50 in self.interleaved_p50().items()
             },
@@ -185,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     concurrency = _csv(args.concurrency, int)
     if not args.serve and not args.in_process and not (args.grpc or args.url):
         parser.error("nothing to measure: give --serve, --grpc/--url, or --in-process")
+    precisions: list[str | None] = _csv(args.precision, str) or [None]
+    if len(precisions) > 1 and not args.serve:
+        parser.error("--precision with several values needs --serve (one server each)")
     if not args.serve:
         if "grpc" in protocols and args.grpc is None and args.url is not None:
             protocols = [p for p in protocols if p != "grpc"] or ["rest"]
@@ -206,12 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.in_process:
         assert checkpoint is not None
         run_in_process(args, checkpoint, payloads, cpus, report)
-    endpoint_given = args.serve or args.grpc or args.url
-    if endpoint_given:
-        with endpoint(args, checkpoint) as target:
-            report.machine["served_by"] = served_backend(args.model_name, target.http)
-            print(f"served by: {report.machine['served_by']}")
-            run_levels(args, protocols, concurrency, payloads, target.grpc, target.http, report)
+    if args.serve or args.grpc or args.url:
+        first, *others = precisions
+        with endpoint(args, checkpoint, first) as target:
+            report.machine["served_by"] = served(args, target, first)
+            report.levels = run_levels(args, protocols, concurrency, payloads, target)
             if not args.no_check and checkpoint is not None:
                 report.check = check_detections(
                     args, checkpoint, payloads, protocols[0], target.grpc, target.http
@@ -221,6 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report.interleaved_ms = asyncio.run(
                     interleaved_latency(args, checkpoint, payloads, cpus, protocols, target)
                 )
+        for precision in others:
+            with endpoint(args, checkpoint, precision) as target:
+                report.machine[f"served_by_{precision}"] = served(args, target, precision)
+                levels = run_levels(args, protocols, concurrency, payloads, target)
+                report.other_precisions[str(precision)] = levels
+        if others:
+            _print_precision_ratios(str(first), report)
     report.targets = targets(report)
     _print_targets(report.targets)
     if args.plot and report.levels:
@@ -232,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report.to_json(), indent=2))
         print(f"json: {args.json}")
-    failed = any(level.errors for level in report.levels)
+    every = [report.levels, *report.other_precisions.values()]
+    failed = any(level.errors for levels in every for level in levels)
     return 1 if failed else 0
 
 
@@ -297,7 +321,9 @@ class Endpoint:
 
 
 @contextlib.contextmanager
-def endpoint(args: argparse.Namespace, checkpoint: Path | None) -> Iterator[Endpoint]:
+def endpoint(
+    args: argparse.Namespace, checkpoint: Path | None, precision: str | None = None
+) -> Iterator[Endpoint]:
     if not args.serve:
         yield Endpoint(args.grpc, args.url)
         return
@@ -310,12 +336,20 @@ def endpoint(args: argparse.Namespace, checkpoint: Path | None) -> Iterator[Endp
         "--letterbox",
         args.letterbox,
         *(["--cache_dir", args.cache_dir] if args.cache_dir is not None else []),
+        *(["--precision", precision] if precision is not None else []),
         *shlex.split(args.server_args),
     ]
     print(f"\nstarting: python -m predictor {' '.join(server_args)}", flush=True)
     with serve(checkpoint, args.model_name, server_args) as server:
         print(f"server ready (pid {server.pid}, log {server.log})")
         yield Endpoint(server.grpc, server.http, server.paused)
+
+
+def served(args: argparse.Namespace, target: Endpoint, precision: str | None) -> str:
+    """Which backend serves (printed), from the server's metadata."""
+    what = served_backend(args.model_name, target.http)
+    print(f"served by: {what}" + (f" (--precision {precision})" if precision else ""))
+    return what
 
 
 def served_backend(model_name: str, http_target: str | None) -> str:
@@ -332,7 +366,9 @@ def served_backend(model_name: str, http_target: str | None) -> str:
         return f"unknown (metadata: {error})"
     if "backend" not in parameters:
         return "not reported by the server's metadata"
-    return f"{parameters['backend']}: {parameters.get('backend_reason', 'no reason given')}"
+    precision = f", {parameters['precision']}" if "precision" in parameters else ""
+    reason = parameters.get("backend_reason", "no reason given")
+    return f"{parameters['backend']}{precision}: {reason}"
 
 
 # -- measurements ---------------------------------------------------------------------------
@@ -386,10 +422,10 @@ def run_levels(
     protocols: list[str],
     concurrency: list[int],
     payloads: list[bytes],
-    grpc_target: str | None,
-    http_target: str | None,
-    report: Report,
-) -> None:
+    target: Endpoint,
+) -> list[load.LevelResult]:
+    """One level per protocol and client count, printed as it is measured."""
+    levels = []
     requests = [
         [payloads[(i + j) % len(payloads)] for j in range(args.batch)] for i in range(len(payloads))
     ]
@@ -407,12 +443,12 @@ def run_levels(
                     protocol,
                     clients,
                     requests,
-                    grpc_target,
-                    http_target,
+                    target.grpc,
+                    target.http,
                     (args.duration, args.requests, args.warmup),
                 )
             )
-            report.levels.append(result)
+            levels.append(result)
             rss = f"{result.server_rss_peak_mb:.0f} MB" if result.server_rss_peak_mb else "-"
             cpu = 100 * result.client_cpu_seconds / result.seconds if result.seconds else 0
             print(
@@ -423,6 +459,22 @@ def run_levels(
             )
             if result.first_error:
                 print(f"          first error: {result.first_error}")
+    return levels
+
+
+def _print_precision_ratios(first: str, report: Report) -> None:
+    """Each other precision's images/s and p50 over the first's, level by level."""
+    baseline = {(lv.protocol, lv.concurrency): lv for lv in report.levels}
+    for precision, levels in report.other_precisions.items():
+        print(f"\n{precision} / {first}:")
+        print(f"  {'protocol':>8} {'clients':>7} {'images/s':>9} {'p50':>6}")
+        for level in levels:
+            base = baseline.get((level.protocol, level.concurrency))
+            if base is None or not base.throughput:
+                continue
+            speed = level.throughput / base.throughput
+            p50 = level.percentile(50) / base.percentile(50)
+            print(f"  {level.protocol:>8} {level.concurrency:7d} {speed:8.2f}x {p50:5.2f}x")
 
 
 async def _level(

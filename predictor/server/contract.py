@@ -62,15 +62,21 @@ def output_metadata() -> list[dict[str, Any]]:
     return [{"name": n, "datatype": t, "shape": s} for n, (t, s) in OUTPUTS.items()]
 
 
-def model_metadata(name: str, versions: Sequence[str]) -> dict[str, Any]:
-    """The V2 model metadata (REST and gRPC)."""
-    return {
+def model_metadata(
+    name: str, versions: Sequence[str], parameters: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The V2 model metadata; `parameters` (REST only: gRPC's ModelMetadataResponse has no
+    such field) say which backend and precision serve the version asked about."""
+    metadata = {
         "name": name,
         "versions": list(versions),
         "platform": "",
         "inputs": input_metadata(),
         "outputs": output_metadata(),
     }
+    if parameters is not None:
+        metadata["parameters"] = dict(parameters)
+    return metadata
 
 
 def largest_response_bytes(max_images: int) -> int:

@@ -37,6 +37,7 @@ from .observability import (
     IMAGES,
     INFERENCES,
     INFLIGHT_IMAGES,
+    INT8_AGREEMENT,
     MODEL_INFO,
     STAGE_SECONDS,
 )
@@ -72,6 +73,7 @@ class LoadedVersion:
     """A model version ready to serve: its detector and the streams that run it."""
 
     def __init__(self, model_name: str, spec: ModelVersion) -> None:
+        self.model_name = model_name
         self.version = spec.version
         self.options = spec.options
         performance = spec.options.performance
@@ -82,6 +84,10 @@ class LoadedVersion:
             spec.options.letterbox,
             backend=performance.backend,
             cache_dir=performance.cache_dir,
+            settings=spec.options.defaults,
+            precision=spec.options.precision,
+            calibration_dir=spec.options.calibration_dir,
+            int8_min_agreement=spec.options.int8_min_agreement,
         )
         if spec.options.class_names is not None:
             if len(spec.options.class_names) != len(self.detector.names):
@@ -94,8 +100,10 @@ class LoadedVersion:
             self.detector, performance, observer=_StageMetrics(model_name)
         )
         self.scheduler.start()  # warms every stream on every batch size before readiness
+        backend = self.detector.backend
         logger.info(
-            "loaded %s version %s from %s: %d classes, input %s, letterbox %s, device %s",
+            "loaded %s version %s from %s: %d classes, input %s, letterbox %s, device %s, "
+            "backend %s (%s), precision %s",
             model_name,
             self.version,
             spec.checkpoint,
@@ -103,20 +111,54 @@ class LoadedVersion:
             self.detector.input_shape,
             self.detector.letterbox,
             self.detector.device,
+            backend.name,
+            backend.reason,
+            backend.precision,
         )
-        MODEL_INFO.labels(
-            model_name,
-            self.version,
-            ",".join(self.detector.names),
-            str(self.detector.device),
-            str(self.detector.dtype).removeprefix("torch."),
-            "x".join(map(str, self.detector.input_shape)),
-            self.detector.letterbox,
-        ).set(1)
+        self.describe()
 
     @property
     def names(self) -> list[str]:
         return self.detector.names
+
+    @property
+    def parameters(self) -> dict[str, str | float]:
+        """What serves this version, for its V2 metadata's `parameters`."""
+        backend = self.detector.backend
+        parameters: dict[str, str | float] = {
+            "backend": backend.name,
+            "backend_reason": backend.reason,
+            "precision": backend.precision,
+        }
+        if self._int8_check is not None:
+            parameters |= {
+                "int8_agreement": self._int8_check["agreement"],
+                "int8_precision": self._int8_check["precision"],
+                "int8_recall": self._int8_check["recall"],
+                "int8_score_shift": self._int8_check["mean_score_shift"],
+            }
+        return parameters
+
+    @property
+    def _int8_check(self) -> dict[str, float] | None:
+        report = self.detector.backend.int8_report
+        return report["self_check"] if report is not None else None
+
+    def describe(self) -> None:
+        """Set this version's `yolov5_model_info` (and INT8 agreement) series."""
+        backend = self.detector.backend
+        MODEL_INFO.labels(
+            self.model_name,
+            self.version,
+            ",".join(self.detector.names),
+            str(self.detector.device),
+            backend.precision,
+            backend.name,
+            "x".join(map(str, self.detector.input_shape)),
+            self.detector.letterbox,
+        ).set(1)
+        if self._int8_check is not None:
+            INT8_AGREEMENT.labels(self.model_name, self.version).set(self._int8_check["agreement"])
 
     def close(self) -> None:
         self.scheduler.close()

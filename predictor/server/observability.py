@@ -51,9 +51,44 @@ INFLIGHT_IMAGES = Gauge(
 IMAGES = Counter("yolov5_images", "Images processed", ["model"])
 MODEL_INFO = Gauge(
     "yolov5_model_info",
-    "Loaded model (value 1) with its properties as labels",
-    ["model", "version", "classes", "device", "precision", "input_shape", "letterbox"],
+    "Loaded model (value 1) with its properties as labels (the backend's reason is in the "
+    "model metadata and the start-up log: free text makes unbounded label values)",
+    ["model", "version", "classes", "device", "precision", "backend", "input_shape", "letterbox"],
 )
+INT8_AGREEMENT = Gauge(
+    "yolov5_int8_agreement",
+    "INT8 model versions: F1 of their detections against fp32's on held-back calibration images",
+    ["model", "version"],
+)
+# Every series of these is labelled by model first; `forget_model` removes them.
+PER_MODEL = (
+    INFERENCES,
+    STAGE_SECONDS,
+    BATCH_SIZE,
+    INFLIGHT_IMAGES,
+    IMAGES,
+    MODEL_INFO,
+    INT8_AGREEMENT,
+)
+DESCRIPTIONS = (MODEL_INFO, INT8_AGREEMENT)  # what a model version is, not what it did
+
+
+def forget_model(name: str, metrics: tuple[Any, ...] = PER_MODEL) -> None:
+    """Remove model `name`'s series from `metrics` (an unloaded model is not exported)."""
+    for metric in metrics:
+        for labels in _label_values(metric):
+            if labels[0] == name:
+                metric.remove(*labels)
+
+
+def _label_values(metric: Any) -> set[tuple[str, ...]]:
+    """The label values of each series of `metric`, in its label order. Samples list the
+    metric's labels in that order, then a histogram bucket's own `le`."""
+    return {
+        tuple(value for label, value in sample.labels.items() if label != "le")
+        for family in metric.collect()
+        for sample in family.samples
+    }
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,7 +15,8 @@ from typing import Any, get_args
 
 import yaml
 
-from ..backends import BACKENDS, available_cpus
+from ..backends import BACKENDS, PRECISIONS, available_cpus
+from ..backends.int8 import DEFAULT_MIN_AGREEMENT
 from ..checkpoint import CheckpointError
 from ..detector import DetectionSettings
 from ..imaging import LetterboxMode
@@ -26,7 +27,7 @@ from .limits import Limits
 CPU_BATCHING = (1, 0.0)
 CUDA_BATCHING = (8, 2.0)
 CONFIG_FILE = "config.yaml"  # beside a checkpoint, or in a model's directory
-_OPTION_KEYS = {"img_size", "letterbox"}
+_OPTION_KEYS = {"img_size", "letterbox", "precision", "calibration_dir", "int8_min_agreement"}
 _SETTING_KEYS = {"conf_threshold", "iou_threshold", "max_det"}
 MIN_IMG_SIZE = 32
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
@@ -70,6 +71,9 @@ class ServingOptions:
     decode_threads: int | None = None  # None: one per CPU of the cgroup quota
     performance: PerformanceOptions = field(default_factory=PerformanceOptions)
     class_names: tuple[str, ...] | None = None  # overrides the checkpoint's names
+    precision: str = "auto"  # see predictor.backends.PRECISIONS
+    calibration_dir: str | None = None  # None: calibration/ beside the checkpoint
+    int8_min_agreement: float = DEFAULT_MIN_AGREEMENT
 
     def __post_init__(self) -> None:
         if (
@@ -88,6 +92,42 @@ class ServingOptions:
             raise ValueError(f"decode_threads must be at least 1, got {self.decode_threads}")
         if self.class_names is not None and not all(isinstance(n, str) for n in self.class_names):
             raise ValueError("names must be a list of class names or a {id: name} mapping")
+        self._check_precision()
+
+    def _check_precision(self) -> None:
+        """What can be refused before loading; what depends on the resolved device or the
+        model is refused by `create_backend` (the same rules)."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        agreement = self.int8_min_agreement
+        if (
+            isinstance(agreement, bool)
+            or not isinstance(agreement, int | float)
+            or not 0 <= agreement <= 1
+        ):
+            raise ValueError(f"int8_min_agreement must be in [0, 1], got {agreement!r}")
+        if self.calibration_dir is not None and not isinstance(self.calibration_dir, str):
+            raise ValueError(f"calibration_dir must be a path, got {self.calibration_dir!r}")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("precision fp16 runs on CUDA only (use fp32 or int8 on the CPU)")
+        if self.precision != "int8":
+            return
+        if self.device.startswith("cuda"):
+            raise ValueError(
+                f"precision int8 runs on the CPU only, not on device {self.device} "
+                "(use --device cpu, or precision fp16 on a GPU)"
+            )
+        if self.performance.backend == "torch":
+            raise ValueError(
+                "precision int8 runs on ONNX Runtime; backend torch cannot serve it "
+                "(use --backend auto or onnxruntime)"
+            )
+        if self.letterbox == "rect":
+            raise ValueError(
+                "precision int8 needs letterbox square: the INT8 model has one input shape"
+            )
 
     @property
     def decode_thread_count(self) -> int:
@@ -112,6 +152,9 @@ def with_config_file(directory: Path, base: ServingOptions) -> ServingOptions:
     if unknown:
         allowed = sorted(_OPTION_KEYS | _SETTING_KEYS | {"names"})
         raise CheckpointError(f"{path}: unknown settings {sorted(unknown)}; allowed: {allowed}")
+    calibration = config.get("calibration_dir")
+    if isinstance(calibration, str):  # relative to the model's directory, like the checkpoint
+        config["calibration_dir"] = str(directory / calibration)
     try:
         return apply_config(base, config)
     except (TypeError, ValueError) as error:
@@ -143,7 +186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a checkpoint file; a directory holding one (KServe's storage initializer puts "
         "storageUri content in /mnt/models); or a repository: one subdirectory per model, "
         "<name>/<checkpoint> or <name>/<version>/<checkpoint>, each with an optional "
-        "config.yaml (img_size, letterbox, conf_threshold, iou_threshold, max_det, names). "
+        "config.yaml (img_size, letterbox, precision, calibration_dir, int8_min_agreement, "
+        "conf_threshold, iou_threshold, max_det, names). "
         "TorchServe archives (.mar, .tar.gz/.tgz, no-archive directories) are models too, "
         "alone or in the directory: each is served under its manifest's model name and "
         f"version. --model_name names a single checkpoint (default {DEFAULT_MODEL_NAME}) "
@@ -178,6 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_limit_arguments(parser)
     _add_performance_arguments(parser)
+    _add_precision_arguments(parser)
     _add_torchserve_arguments(parser)
     parser.add_argument(
         "--log_format",
@@ -291,6 +336,31 @@ def _add_performance_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("precision")
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: fp32 on the CPU, fp16 on CUDA; fp16: CUDA only; int8: CPU with ONNX "
+        "Runtime only, quantised and calibrated on --calibration_dir, checked against fp32 "
+        "before it serves (never falls back: a start-up error says what to change)",
+    )
+    group.add_argument(
+        "--calibration_dir",
+        default=None,
+        help="int8: images like those served (default: calibration/ beside the checkpoint; "
+        "not needed when `python -m predictor.quantize` put a matching model there)",
+    )
+    group.add_argument(
+        "--int8_min_agreement",
+        type=float,
+        default=DEFAULT_MIN_AGREEMENT,
+        help="int8: refuse to serve when the F1 of INT8 against fp32 detections on held-back "
+        "calibration images is below this",
+    )
+
+
 def performance_from_args(args: argparse.Namespace) -> PerformanceOptions:
     return PerformanceOptions(
         backend=args.backend,
@@ -318,6 +388,9 @@ def serving_options_from_args(args: argparse.Namespace) -> ServingOptions:
         ),
         decode_threads=args.decode_threads,
         performance=performance_from_args(args),
+        precision=args.precision,
+        calibration_dir=args.calibration_dir,
+        int8_min_agreement=args.int8_min_agreement,
     )
 
 

@@ -42,6 +42,7 @@ from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError
 from ..cuda_diagnosis import DeviceError
 from .errors import UnknownModel, UnservableModel
 from .model import LoadedVersion, ModelVersion, YoloV5Model
+from .observability import DESCRIPTIONS, forget_model
 from .options import DEFAULT_MODEL_NAME, ServingOptions, with_config_file
 
 logger = logging.getLogger(__name__)
@@ -339,6 +340,10 @@ class YoloRepository(ModelRepository):
         self.loaded[entry.name] = LoadedEntry(entry, time.time(), at_startup)
         if previous is not None:
             previous.stop()
+            # the new versions' descriptions replace the old ones (equal labels included)
+            forget_model(entry.name, DESCRIPTIONS)
+            for version in model.versions.values():
+                version.describe()
             _release_memory()
         return model
 
@@ -359,6 +364,7 @@ class YoloRepository(ModelRepository):
             raise UnknownModel(f"model {name!r} is not loaded")
         super().unload(name)
         self.loaded.pop(name, None)
+        forget_model(name)
         _release_memory()
         logger.info("unloaded %s", name)
 

@@ -31,8 +31,8 @@ def _repository(request: Request) -> YoloRepository:
 async def model_metadata(
     request: Request, model_name: str, model_version: str | None = None
 ) -> dict[str, Any]:
-    model, _ = _repository(request).resolve(model_name, model_version)
-    return contract.model_metadata(model_name, list(model.versions))
+    model, version = _repository(request).resolve(model_name, model_version)
+    return contract.model_metadata(model_name, list(model.versions), version.parameters)
 
 
 async def labels(

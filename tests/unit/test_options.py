@@ -66,6 +66,12 @@ def test_the_parser_refuses(argv: list[str]) -> None:
         (["--conf_threshold", "2"], "conf_threshold must be in [0, 1]"),
         (["--max_images", "0"], "max_images must be a positive integer"),
         (["--max_request_bytes", "-5"], "max_request_bytes must be a positive integer"),
+        (["--precision", "fp16", "--device", "cpu"], "precision fp16 runs on CUDA only"),
+        (["--precision", "int8", "--device", "cuda"], "int8 runs on the CPU only"),
+        (["--precision", "int8", "--device", "cuda:1"], "int8 runs on the CPU only"),
+        (["--precision", "int8", "--backend", "torch"], "backend torch cannot serve it"),
+        (["--precision", "int8", "--letterbox", "rect"], "needs letterbox square"),
+        (["--int8_min_agreement", "1.5"], "int8_min_agreement must be in [0, 1]"),
     ],
 )
 def test_the_options_refuse(argv: list[str], message: str) -> None:
@@ -83,6 +89,10 @@ def test_the_options_refuse(argv: list[str], message: str) -> None:
         ("conf_threshold: 2", "conf_threshold must be in [0, 1]"),
         ("names: [a, 3]", "names must be a list of class names"),
         ("colour: red", "unknown settings ['colour']"),
+        ("precision: int4", "precision must be one of auto, fp32, fp16, int8"),
+        ("precision: int8\nletterbox: rect", "needs letterbox square"),
+        ("int8_min_agreement: high", "int8_min_agreement must be in [0, 1]"),
+        ("calibration_dir: [a]", "calibration_dir must be a path"),
     ],
 )
 def test_config_yaml_refuses_what_the_command_line_refuses(
@@ -99,6 +109,21 @@ def test_config_yaml_overrides() -> None:
     changed = options.apply_config(base, {"img_size": 320, "max_det": 5, "names": {1: "b", 0: "a"}})
     assert (changed.img_size, changed.defaults.max_det, changed.class_names) == (320, 5, ("a", "b"))
     assert changed.limits == Limits()
+
+
+def test_precision_flags_and_config(tmp_path: Path) -> None:
+    args = parse("--precision=int8", "--calibration_dir=/data/calib", "--int8_min_agreement=0.9")
+    base = options.serving_options_from_args(args)
+    assert (base.precision, base.calibration_dir, base.int8_min_agreement) == (
+        "int8",
+        "/data/calib",
+        0.9,
+    )
+    # a config.yaml's calibration_dir is relative to its model directory
+    (tmp_path / "config.yaml").write_text("precision: fp32\ncalibration_dir: images\n")
+    configured = options.with_config_file(tmp_path, base)
+    assert configured.precision == "fp32"
+    assert configured.calibration_dir == str(tmp_path / "images")
 
 
 def test_grpc_limits_follow_ours_unless_kserves_flags_are_given() -> None:
