@@ -372,6 +372,21 @@ def test_model_flags_flow_into_container_args(runtime: bool) -> None:
     assert [p["containerPort"] for p in checks.kserve_container(isvc)["ports"]] == [9000, 9001]
 
 
+def test_int8_flags_flow_into_container_args() -> None:
+    isvc = _isvc(
+        set_values={
+            "model.precision": "int8",
+            "model.calibrationDir": "/mnt/models/calibration",
+            "model.int8MinAgreement": 0.97,
+        }
+    )
+    args = checks.arg_values(checks.kserve_container(isvc))
+    assert args["--precision"] == "int8"
+    assert args["--calibration_dir"] == "/mnt/models/calibration"
+    assert args["--int8_min_agreement"] == "0.97"
+    assert args["--device"] == "cpu"
+
+
 def test_batching_flags_absent_by_default() -> None:
     args = checks.arg_values(checks.kserve_container(_isvc()))
     assert "--max_batch_size" not in args and "--max_batch_delay_ms" not in args
@@ -440,6 +455,9 @@ def test_keda_autoscaling() -> None:
         ({"deploymentMode": "Serverless"}, "deploymentMode"),
         ({"model.letterbox": "diagonal"}, "letterbox"),
         ({"model.backend": "tensorrt"}, "backend"),
+        ({"model.precision": "int4"}, "precision"),
+        ({"model.int8MinAgreement": 1.5}, "int8MinAgreement"),
+        ({"model.precision": "int8", "gpu.count": 1}, "int8 runs on the CPU only"),
         ({"model.device": "gpu"}, "device"),
         ({"model.confThreshold": 1.5}, "confThreshold"),
         ({"gpu.count": -1}, "count"),

@@ -172,6 +172,18 @@ ServiceAccount `yolov5` that the docs bind IRSA / Workload Identity to. */}}
 {{- with .Values.model.backend }}
 - --backend={{ . }}
 {{- end }}
+{{- with .Values.model.precision }}
+- --precision={{ . }}
+{{- end }}
+{{- with .Values.model.calibrationDir }}
+- --calibration_dir={{ . }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.model.int8MinAgreement) }}
+- --int8_min_agreement={{ .Values.model.int8MinAgreement }}
+{{- end }}
+{{- if and (eq .Values.model.precision "int8") (gt (int .Values.gpu.count) 0) }}
+{{- fail "model.precision int8 runs on the CPU only (ONNX Runtime): set gpu.count to 0, or precision to auto/fp16 for a GPU" }}
+{{- end }}
 {{- with .Values.model.batching.maxBatchSize }}
 - --max_batch_size={{ int . }}
 {{- end }}
