@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(HERE.parent))
 
-from predictor.training.synthetic import write_samples  # noqa: E402
+from predictor.synthetic import write_samples  # noqa: E402
 from predictor.training.trainer import TrainConfig, train  # noqa: E402
 
 DEFAULT_OUTPUT = HERE / "yolov5n-shapes.pt"

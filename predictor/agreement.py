@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .detector import Detections
-from .training.metrics import box_iou
+from .nms import box_iou
 
 MATCH_IOU = 0.5
 

@@ -1,9 +1,11 @@
-"""Non-maximum suppression with the semantics of YOLOv5 v7.0 (`multi_label=False`)."""
+"""Non-maximum suppression with the semantics of YOLOv5 v7.0 (`multi_label=False`), and
+box overlap (IoU) for comparing detections."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torchvision
 
@@ -58,3 +60,15 @@ def _suppress_one(
 def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     half_wh = boxes[:, 2:4] / 2
     return torch.cat((boxes[:, :2] - half_wh, boxes[:, :2] + half_wh), 1)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, m) IoU of x1, y1, x2, y2 boxes."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = iw.clip(0) * ih.clip(0)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)

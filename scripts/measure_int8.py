@@ -40,7 +40,7 @@ from predictor.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from predictor.detector import Detector  # noqa: E402
 from predictor.evaluate import evaluate_folder, labelled_images  # noqa: E402
 from predictor.runtime.architecture import build_model, yolov5_spec  # noqa: E402
-from predictor.training.synthetic import write_labelled_folder  # noqa: E402
+from predictor.synthetic import write_labelled_folder  # noqa: E402
 
 DEMO = HERE.parent / "model_store" / "yolov5n-shapes.pt"
 CALIBRATION_SEED, VALIDATION_SEED = 101, 202

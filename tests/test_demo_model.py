@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from predictor.detector import DetectionSettings, Detector
-from predictor.training.metrics import box_iou
-from predictor.training.synthetic import CLASS_NAMES
+from predictor.nms import box_iou
+from predictor.synthetic import CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_STORE = REPO / "model_store"

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from predictor import client
-from predictor.training.metrics import box_iou
+from predictor.nms import box_iou
 from tests.serving import REPO, Server, running_server
 
 SAMPLES = REPO / "samples"

@@ -27,7 +27,7 @@ from predictor.detector import Detections, DetectionSettings, Detector
 from predictor.evaluate import evaluate_folder, labelled_images
 from predictor.evaluate import main as evaluate_main
 from predictor.quantize import main as quantize_main
-from predictor.training.synthetic import generate_scene, write_labelled_folder
+from predictor.synthetic import generate_scene, write_labelled_folder
 
 DEMO = Path(__file__).resolve().parents[1] / "model_store" / "yolov5n-shapes.pt"
 SIZE = 224  # small for speed; the demo model was trained at 320

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from predictor.training.synthetic import generate_scene, write_labelled_folder
+from predictor.synthetic import generate_scene, write_labelled_folder
 from tests.serving import REPO, Server, running_server
 from tests.support import jpeg, v2_body
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from predictor.checkpoint import load_checkpoint, upstream_class_paths
+from predictor.synthetic import CLASS_NAMES, SceneConfig, generate_scene
 from predictor.training.data import AugmentConfig, TrainingSet, clip_polygon, polygon_area
 from predictor.training.loss import LossGains, YoloLoss, bbox_ciou, build_targets
 from predictor.training.metrics import APAccumulator, average_precision, match_detections
-from predictor.training.synthetic import CLASS_NAMES, SceneConfig, generate_scene
 from predictor.training.trainer import TrainConfig, lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]

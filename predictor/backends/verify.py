@@ -23,6 +23,7 @@ import torch
 
 from ..imaging import apply_letterbox, plan_letterbox, round_up_to_stride, to_network_layout
 from ..nms import MAX_CANDIDATES, non_max_suppression, xywh_to_xyxy
+from ..synthetic import SceneConfig, generate_scene
 from .base import BackendError, Engine
 
 BOX_TOLERANCE_PX = 1.0  # input-space pixels, each coordinate
@@ -84,8 +85,6 @@ class Verdict:
 def probes(input_shape: tuple[int, int], stride: int, rect: bool, seed: int = 0) -> list[Probe]:
     """Photo-like scenes with objects, letterboxed as the server does, then noise batches
     that exercise a dynamic batch and, in rect mode, a second, smaller shape."""
-    from ..training.synthetic import SceneConfig, generate_scene
-
     mode = "rect" if rect else "square"
     config = SceneConfig(objects=(4, 10), empty_fraction=0.0)
     scenes: list[tuple[str, np.ndarray]] = []

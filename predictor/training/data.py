@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..imaging import PAD_COLOUR, to_network_layout
-from .synthetic import Scene, SceneConfig, generate_scene
+from ..synthetic import Scene, SceneConfig, generate_scene
 
 
 @dataclass(frozen=True)

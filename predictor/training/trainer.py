@@ -27,10 +27,10 @@ from ..checkpoint import save_checkpoint
 from ..detector import DetectionSettings, Detector
 from ..runtime.architecture import build_model, yolov5_spec
 from ..runtime.detection import DetectionModel
+from ..synthetic import CLASS_NAMES, Scene, SceneConfig, generate_scene
 from .data import AugmentConfig, TrainingSet
 from .loss import YoloLoss
 from .metrics import APAccumulator, EvaluationResult, LabelledImage
-from .synthetic import CLASS_NAMES, Scene, SceneConfig, generate_scene
 
 Log = Callable[[str], None]
 

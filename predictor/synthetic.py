@@ -1,5 +1,8 @@
 """A synthetic detection data set: circles, squares and triangles on textured backgrounds.
 
+Serving uses its scenes to judge a backend (`backends.verify`), training to learn from them;
+so it lives beside the detector, inside the image, not under `training/`.
+
 Every scene is a pure function of `(seed, index)`, so a data set is reproducible and any
 image of it can be regenerated alone. Each object is kept as its exact outline (a polygon;
 circles as a 72-gon whose extreme vertices lie on the circle's axis points), so boxes are
@@ -290,7 +293,7 @@ def write_samples(
     document = {
         "description": "Synthetic sample images and their true boxes "
         "(x1, y1, x2, y2 in pixels, pixel-edge coordinates), "
-        "made by predictor.training.synthetic.write_samples",
+        "made by predictor.synthetic.write_samples",
         "seed": seed,
         "names": list(CLASS_NAMES),
         "images": records,
