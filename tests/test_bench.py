@@ -374,3 +374,13 @@ def test_nothing_to_measure_is_an_error(capsys) -> None:
     with pytest.raises(SystemExit):
         cli.main([])
     assert "nothing to measure" in capsys.readouterr().err
+
+
+def test_a_refused_server_is_one_error_line_not_a_traceback(checkpoint, capsys) -> None:
+    # fp16 is CUDA only: the server refuses at start with exit 2 and says so.
+    serve = ["--serve", "--model_dir", str(checkpoint), "--img_size", "64", "--no_check"]
+    code = cli.main([*serve, "--concurrency", "1", "--server_args=--precision fp16"])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert "error: the server exited with 2: error: " in out
+    assert "fp16" in out.splitlines()[-1]

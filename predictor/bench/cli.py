@@ -19,6 +19,7 @@ import numpy as np
 
 from ..backends import verify
 from . import load, pipeline
+from .server import ServerExited
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -192,6 +193,16 @@ class Report:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _bench(parser, args)
+    except ServerExited as refused:
+        # The server's own last line is the reason (an error: ... line at exit 2).
+        lines = [line for line in refused.log_tail.splitlines() if line.strip()]
+        print(f"error: the server exited with {refused.code}: {lines[-1] if lines else ''}")
+        return 2
+
+
+def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     protocols = _csv(args.protocol, str)
     for protocol in protocols:
         if protocol not in ("grpc", "rest"):

@@ -87,6 +87,15 @@ def serve(
                 process.wait()
 
 
+class ServerExited(RuntimeError):
+    """The server stopped before it was ready (a refused model: its log says why)."""
+
+    def __init__(self, code: int, log_tail: str) -> None:
+        super().__init__(f"the server exited with {code}:\n{log_tail}")
+        self.code = code
+        self.log_tail = log_tail
+
+
 def _wait_ready(
     server: LocalServer, process: subprocess.Popen, model_name: str, timeout: float
 ) -> None:
@@ -94,9 +103,7 @@ def _wait_ready(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"the server exited with {process.returncode}:\n{server.log.read_text()[-4000:]}"
-            )
+            raise ServerExited(process.returncode, server.log.read_text()[-4000:])
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code == 200:
                 return
