@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from concurrent import futures
 from importlib import metadata
 from typing import Any
 
 import grpc
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import FastAPIDeprecationWarning, RequestValidationError
 from fastapi.routing import APIRouter
 from grpc import aio
 from grpc_interceptor import AsyncExceptionToStatusInterceptor
@@ -74,6 +74,13 @@ GRPC_MAX_MESSAGE = 2**31 - 1  # gRPC's options are C ints
 
 class IncompatibleKServe(RuntimeError):
     pass
+
+
+# kserve 0.21's V1 endpoints (kserve/protocol/rest/v1_endpoints.py) answer with FastAPI's
+# deprecated ORJSONResponse, which warns on stderr at the first V1 response.
+warnings.filterwarnings(
+    "ignore", message="ORJSONResponse is deprecated", category=FastAPIDeprecationWarning
+)
 
 
 def check_kserve_version(allow_other: bool = False) -> None:
@@ -113,11 +120,11 @@ def serving_error(error: BaseException) -> BaseException:
     return error
 
 
-async def _error_response(request: Request, error: Exception) -> ORJSONResponse:
+async def _error_response(request: Request, error: Exception) -> Response:
     error = serving_error(error)
     status = errors.status_of(error)
     observability.log_outcome(error, status, f"{request.method} {request.url.path}")
-    return ORJSONResponse({"error": errors.client_message(error)}, status_code=status.http)
+    return routes.json_response({"error": errors.client_message(error)}, status.http)
 
 
 class ErrorInterceptor(AsyncExceptionToStatusInterceptor):

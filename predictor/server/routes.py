@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import ORJSONResponse
 
 from . import contract
 from .errors import InvalidRequest, Unavailable
@@ -64,7 +64,16 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
     body, json_length = response.to_rest()
     if isinstance(body, bytes):  # binary outputs: a JSON header, then the tensors
         return Response(body, headers={INFERENCE_HEADER: str(json_length)})
-    return ORJSONResponse(body)
+    return json_response(body)
+
+
+def json_response(body: Any, status_code: int = 200) -> Response:
+    """JSON with orjson (numpy arrays included), as kserve's REST answers."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status_code,
+        media_type="application/json",
+    )
 
 
 async def repository_index(request: Request) -> list[dict[str, str]]:
