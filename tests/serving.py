@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from predictor.bench.server import LocalServer, free_port, serve
+from predictor.bench.server import LocalServer, serve, serve_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,33 +54,5 @@ def running_command(
 ) -> Iterator[Server]:
     """`python -m predictor ARGS` with nothing added but free ports (`running_server` always
     names the model); ready once `model_name` is."""
-    http, grpc = free_port(), free_port()
-    log = log_dir / f"server-{http}.log"
-    command = [sys.executable, "-m", "predictor", *args]
-    command += ["--http_port", str(http), "--grpc_port", str(grpc)]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=REPO)
-        local = LocalServer(f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", process, log)
-        try:
-            _wait_ready(local, model_name, timeout)
-            yield Server(local, model_name)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_ready(local: LocalServer, model_name: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if local.process.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{local.log.read_text()[-4000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            ready = httpx.get(f"http://{local.http}/v2/models/{model_name}/ready", timeout=2)
-            if ready.status_code == 200:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"not ready after {timeout}s:\n{local.log.read_text()[-4000:]}")
+    with serve_command(args, model_name, timeout, log_dir, cwd=REPO) as local:
+        yield Server(local, model_name)

@@ -52,31 +52,34 @@ def serve(
     timeout: float = 600,
     log_dir: Path | None = None,
 ) -> Iterator[LocalServer]:
-    """The server's output goes to `log_dir/server-<http port>.log` (default: a temp file)."""
+    """Serve `model_path` as `model_name`; see `serve_command`."""
+    command = ["--model_dir", str(model_path), "--model_name", model_name, *args]
+    with serve_command(command, model_name, timeout, log_dir) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_command(
+    args: Sequence[str],
+    ready_model: str,
+    timeout: float = 600,
+    log_dir: Path | None = None,
+    cwd: Path | None = None,
+) -> Iterator[LocalServer]:
+    """`python -m predictor ARGS` on free ports, ready once `ready_model` is. The server's
+    output goes to `log_dir/server-<http port>.log` (default: a temp file)."""
     http_port, grpc_port = free_port(), free_port()
     if log_dir is None:
         log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
     else:
         log = log_dir / f"server-{http_port}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "predictor",
-        "--model_dir",
-        str(model_path),
-        "--model_name",
-        model_name,
-        "--http_port",
-        str(http_port),
-        "--grpc_port",
-        str(grpc_port),
-        *args,
-    ]
+    command = [sys.executable, "-m", "predictor", *args]
+    command += ["--http_port", str(http_port), "--grpc_port", str(grpc_port)]
     with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
         server = LocalServer(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process, log)
         try:
-            _wait_ready(server, process, model_name, timeout)
+            _wait_ready(server, process, ready_model, timeout)
             yield server
         finally:
             process.terminate()
