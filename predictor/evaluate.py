@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BackendError, resolve_cache_dir
+from .backends import BackendError
 from .calibration import CalibrationError, image_files
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError
 from .detector import DetectionSettings, Detector
-from .imaging import ImageDecodeError, decode_image, round_up_to_stride
+from .imaging import ImageDecodeError, decode_image
 from .training.metrics import EvaluationResult
 from .training.trainer import evaluate_detector
 
@@ -65,21 +65,18 @@ def make_detector(
     cache_dir: str | None = None,
     min_agreement: float | None = None,
 ) -> Detector:
-    """A CPU Detector on ONNX Runtime: the fp32 export, or its INT8 model."""
-    model = load_checkpoint(checkpoint, "cpu")
-    if precision == "fp32":
-        return Detector(model, img_size, backend="onnxruntime", cache_dir=cache_dir)
-    from .backends.int8 import DEFAULT_MIN_AGREEMENT, create_int8_backend
-
-    size = round_up_to_stride(img_size, model.stride)
-    backend = create_int8_backend(
-        model,
-        (size, size),
+    """A CPU Detector on ONNX Runtime, built as the server builds it: the fp32 export, or
+    its INT8 model (calibrated and self-checked)."""
+    return Detector.load(
+        checkpoint,
+        "cpu",
+        img_size,
+        backend="onnxruntime",
+        cache_dir=cache_dir,
+        precision=precision,
         calibration_dir=calibration_dir,
-        cache_dir=resolve_cache_dir(cache_dir),
-        min_agreement=DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
+        int8_min_agreement=min_agreement,
     )
-    return Detector(model, img_size, backend=backend)
 
 
 def evaluate_folder(detector: Detector, directory: Path) -> EvaluationResult:
